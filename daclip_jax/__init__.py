@@ -1,0 +1,39 @@
+"""daclip-jax: DA-CLIP and IR-SDE universal image restoration in JAX/Flax.
+
+Public API (names are a contract; imported lazily so `import daclip_jax` and the
+CLI start fast):
+
+      model = daclip_jax.load_daclip(path)
+      tokens = daclip_jax.tokenize(["hazy", "a photo of a cat"])
+      x = daclip_jax.preprocess(pil_image)
+      content, degradation = model.encode_image(x[None], control=True)
+      probs = daclip_jax.classify_degradation(model, x[None])
+      unet = daclip_jax.load_unet(path)
+      sde = daclip_jax.IRSDE(max_sigma=50, T=100, schedule="cosine", eps=0.005)
+      restored = daclip_jax.restore_image(model, unet, lq, sde, steps=100)
+"""
+
+import importlib
+
+from daclip_jax.labels import DEGRADATIONS
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+      "load_daclip": "daclip_jax.convert.load",
+      "tokenize": "daclip_jax.tokenizer",
+      "preprocess": "daclip_jax.preprocess",
+      "classify_degradation": "daclip_jax.classify",
+      "load_unet": "daclip_jax.convert.load",
+      "IRSDE": "daclip_jax.sde",
+      "restore_image": "daclip_jax.restore",
+}
+
+__all__ = ["DEGRADATIONS", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'daclip_jax' has no attribute {name!r}")
