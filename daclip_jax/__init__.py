@@ -21,11 +21,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-      "load_daclip": "daclip_jax.convert.load",
+      "load_daclip": "daclip_jax.convert.daclip",
       "tokenize": "daclip_jax.tokenizer",
       "preprocess": "daclip_jax.preprocess",
       "classify_degradation": "daclip_jax.classify",
-      "load_unet": "daclip_jax.convert.load",
+      "load_unet": "daclip_jax.convert.unet",
       "IRSDE": "daclip_jax.sde",
       "restore_image": "daclip_jax.restore",
 }
