@@ -1,0 +1,126 @@
+"""Small numerical helpers shared by the degradation types (host numpy/scipy/PIL, float32)."""
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+from PIL import Image
+
+# Every pixel size in the spec is for a 256x256 patch; it scales with min(H, W).
+REFERENCE_SIZE = 256.0
+# Rec.601 luma, the weights libjpeg and OpenCV use.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def px(value, shape):
+    """A spec pixel size (given for 256^2) scaled to an image of `shape` (H, W, ...)."""
+    return float(value) * min(shape[0], shape[1]) / REFERENCE_SIZE
+
+
+def quantize(x):
+    """Round (not truncate) to 8 bit: values k/255, float32."""
+    return (np.rint(np.clip(x, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def to_uint8(x):
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def luma(x):
+    return (x @ LUMA).astype(np.float32)
+
+
+def gaussian_blur(x, sigma, mode="reflect"):
+    """Gaussian smoothing over the two spatial axes of an HxW or HxWxC array."""
+    if sigma <= 0:
+        return x
+    sig = (sigma, sigma) + (0,) * (x.ndim - 2)
+    return scipy.ndimage.gaussian_filter(x, sig, mode=mode, truncate=3.0).astype(np.float32)
+
+
+def convolve_reflect(img, kernel):
+    """Convolve HxWxC (or HxW) with a small 2D kernel, reflect (101) padding, via FFT.
+
+    FFT is ~10x faster than a direct 2D filter for kernels above ~9x9 at these sizes, and
+    reflect-101 is OpenCV's filter2D border, so a wild-IR blur matches the official one.
+    """
+    kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    squeeze = img.ndim == 2
+    x = img[..., None] if squeeze else img
+    h, w = x.shape[:2]
+    xp = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode="reflect")
+    fh = scipy.fft.next_fast_len(xp.shape[0], real=True)
+    fw = scipy.fft.next_fast_len(xp.shape[1], real=True)
+    fx = scipy.fft.rfft2(xp, s=(fh, fw), axes=(0, 1))
+    fk = scipy.fft.rfft2(kernel.astype(np.float32), s=(fh, fw))
+    y = scipy.fft.irfft2(fx * fk[..., None], s=(fh, fw), axes=(0, 1))
+    # Full linear convolution of the padded image; the "valid" window starts at the kernel size - 1.
+    y = y[kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
+    y = y.astype(np.float32)
+    return y[..., 0] if squeeze else y
+
+
+def convolve_circular(x, kernel):
+    """Circular (wrap-around) convolution of an HxW field with a centred odd kernel.
+
+    Used for procedural layers (rain streaks, snow flakes) whose seeds are stationary noise:
+    wrapping makes the pattern continue across the border instead of fading out.
+    """
+    h, w = x.shape
+    kh, kw = kernel.shape
+    kp = np.zeros((h, w), np.float32)
+    kp[:kh, :kw] = kernel
+    kp = np.roll(kp, (-(kh // 2), -(kw // 2)), axis=(0, 1))
+    return scipy.fft.irfft2(scipy.fft.rfft2(x) * scipy.fft.rfft2(kp), s=(h, w)).astype(np.float32)
+
+
+def splat_bilinear(xs, ys, size, weights=None):
+    """Accumulate points (xs, ys) onto a size x size canvas by bilinear splatting."""
+    canvas = np.zeros((size + 1, size + 1), np.float64)
+    x0 = np.floor(xs).astype(np.int64)
+    y0 = np.floor(ys).astype(np.int64)
+    fx = xs - x0
+    fy = ys - y0
+    wts = np.ones_like(xs) if weights is None else weights
+    for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
+                        (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(canvas, (np.clip(y0 + dy, 0, size), np.clip(x0 + dx, 0, size)), wgt * wts)
+    return canvas[:size, :size]
+
+
+def line_kernel(length, angle_rad, width_sigma=0.0):
+    """Anti-aliased line of `length` px through the centre, angle from the x axis, sum 1.
+
+    Drawn by bilinear splatting of densely spaced points; optional Gaussian width.
+    """
+    half = int(np.ceil(length / 2 + 3 * width_sigma)) + 1
+    size = 2 * half + 1
+    n = max(int(np.ceil(length * 4)), 2)
+    t = np.linspace(-length / 2, length / 2, n)
+    xs = half + t * np.cos(angle_rad)
+    ys = half - t * np.sin(angle_rad)          # image rows grow downwards
+    k = splat_bilinear(xs, ys, size)
+    if width_sigma > 0:
+        k = scipy.ndimage.gaussian_filter(k, width_sigma, mode="constant")
+    return (k / k.sum()).astype(np.float32)
+
+
+def resize_float(x, size_hw, resample=Image.BILINEAR):
+    """Resize an HxW or HxWxC float32 array with PIL (mode "F" per channel, no 8-bit rounding)."""
+    h, w = size_hw
+    if x.ndim == 2:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize((w, h), resample))
+    return np.stack([resize_float(x[..., c], size_hw, resample) for c in range(x.shape[2])], -1)
+
+
+def fractal_noise(rng, shape_hw, octaves=(4, 8, 16), persistence=0.5):
+    """Smooth low-frequency noise in about [-1, 1]: sum of bilinearly upsampled random grids."""
+    h, w = shape_hw
+    out = np.zeros((h, w), np.float32)
+    amp, total = 1.0, 0.0
+    for cells in octaves:
+        grid = rng.uniform(-1.0, 1.0, (cells + 1, cells + 1)).astype(np.float32)
+        out += amp * resize_float(grid, (h, w), Image.BICUBIC)
+        total += amp
+        amp *= persistence
+    return out / total

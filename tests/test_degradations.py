@@ -1,0 +1,235 @@
+"""Checks from shared/design/degradations.md for every degradation type, plus mixtures."""
+
+import functools
+
+import numpy as np
+import pytest
+import skimage.data
+
+from daclip_jax.data import degradations as D
+from daclip_jax.labels import DEGRADATIONS
+
+
+@functools.lru_cache(None)
+def _photo(name):
+    img = getattr(skimage.data, name)()
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    # 8-bit values, 256^2 (area-ish downscale by striding over a box average).
+    f = s // 256
+    img = img[:256 * f, :256 * f].reshape(256, f, 256, f, 3).mean((1, 3))
+    return (np.round(img) / 255.0).astype(np.float32)
+
+
+def photo(name="astronaut"):
+    return _photo(name).copy()
+
+
+def smooth_image(size=256):
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([0.5 + 0.3 * np.sin(2 * xx + 1), 0.4 + 0.3 * yy, 0.3 + 0.2 * np.cos(3 * yy * xx)], -1)
+    return (np.round(img * 255) / 255).astype(np.float32)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def lum(x):
+    return x @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def laplacian_var(x):
+    g = lum(x)
+    lap = -4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    return float(lap.var())
+
+
+def psnr(a, b):
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def blockiness(x, oy=0, ox=0):
+    g = lum(x).astype(np.float64)
+    dx = np.abs(np.diff(g, axis=1))          # dx[:, c] = |g[:, c+1] - g[:, c]|
+    dy = np.abs(np.diff(g, axis=0))
+    cols = np.arange(dx.shape[1])
+    rows = np.arange(dy.shape[0])
+    bx = (cols + 1 + ox) % 8 == 0
+    by = (rows + 1 + oy) % 8 == 0
+    across = np.concatenate([dx[:, bx].ravel(), dy[by, :].ravel()]).mean()
+    inside = np.concatenate([dx[:, ~bx].ravel(), dy[~by, :].ravel()]).mean()
+    return across / (inside + 1e-6)
+
+
+# ---------------------------------------------------------------- hazy
+def test_haze_scattering_model():
+    j = photo()
+    out, p = D.hazy(j, rng(1), 0.6)
+    t = p["maps"]["t"][..., None]
+    a = np.asarray(p["airlight"], np.float32)
+    np.testing.assert_allclose(out - a, t * (j - a), atol=1e-5)
+    lo, hi = np.minimum(j, a) - 1e-6, np.maximum(j, a) + 1e-6
+    assert np.all((out >= lo) & (out <= hi))
+    assert p["beta"] == pytest.approx(0.3 + 1.5 * 0.6)
+    assert lum(out).std() < lum(j).std()
+    assert out.min(-1).mean() > j.min(-1).mean() + 0.05       # dark channel rises
+    # Homogeneous fog: luminance std shrinks exactly by t.
+    flat = np.full(j.shape[:2], 0.7, np.float32)
+    out, p = D.hazy(j, rng(1), 0.6, depth=flat)
+    t = float(np.exp(-p["beta"] * 0.7))
+    assert lum(out).std() == pytest.approx(t * lum(j).std(), rel=1e-4)
+    assert p["mean_haze"] == pytest.approx(1 - t, rel=1e-5)
+
+
+def test_haze_severity_monotone():
+    j = photo("chelsea")
+    hazes = [D.hazy(j, rng(3), s)[1]["mean_haze"] for s in (0.0, 0.5, 1.0)]
+    assert hazes[0] < hazes[1] < hazes[2]
+
+
+# ---------------------------------------------------------------- jpeg
+def test_jpeg_blockiness_and_quality():
+    x = smooth_image()
+    assert blockiness(x) < 1.2
+    out, p = D.jpeg_compressed(x, rng(0), 0.0, quality=15, offset_y=3, offset_x=5)
+    assert out.dtype == np.float32 and np.array_equal(out, np.round(out * 255) / 255)
+    assert blockiness(out, 3, 5) > 1.2
+    img = photo("coffee")
+    psnrs = [psnr(D.jpeg_compressed(img, rng(0), 0.0, quality=q)[0], img) for q in (10, 20, 30, 40)]
+    assert all(a < b for a, b in zip(psnrs, psnrs[1:]))
+
+
+def test_jpeg_severity_mapping():
+    assert D.jpeg_compressed(photo(), rng(0), 1.0)[1]["quality"] == 10
+    assert D.jpeg_compressed(photo(), rng(0), 0.0)[1]["quality"] == 40
+
+
+# ---------------------------------------------------------------- low-light
+def test_low_light_darkening():
+    from daclip_jax.data.degradations.low_light import darken
+    x = photo()
+    out, p = D.low_light(x, rng(2), 0.5)
+    dark = p["maps"]["dark"]
+    assert np.all(dark <= x)
+    half = np.full((4, 4, 3), 0.5, np.float32)
+    a, b, g = p["alpha"], p["beta"], p["gamma"]
+    np.testing.assert_allclose(darken(half, a, b, g), b * a ** g * 0.5 ** g, rtol=1e-5)
+    ratio = lum(out).mean() / lum(x).mean()
+    assert 0.01 <= ratio <= 0.8
+
+
+def test_low_light_noise_variance_linear_in_intensity():
+    levels = np.linspace(0.15, 0.65, 6, dtype=np.float32)
+    x = np.repeat(levels[None, :, None], 4096, axis=0).repeat(3, -1)
+    shot, read = 1e-2, 1e-5
+    out, p = D.low_light(x, rng(5), 0.0, alpha=1.0, beta=1.0, gamma=1.0, shot=shot, read=read)
+    var = (out - p["maps"]["dark"]).var(axis=(0, 2))
+    slope = np.polyfit(levels, var, 1)[0]
+    assert slope == pytest.approx(shot, rel=0.1)
+
+
+def test_low_light_severity_monotone():
+    x = photo()
+    means = [lum(D.low_light(x, rng(4), s)[1]["maps"]["dark"]).mean() for s in (0.0, 0.5, 1.0)]
+    assert means[0] > means[1] > means[2]
+
+
+# ---------------------------------------------------------------- noisy
+@pytest.mark.parametrize("severity", [0.1, 0.5, 0.9])
+def test_gaussian_noise_statistics(severity):
+    x = np.full((256, 256, 3), 0.5, np.float32)
+    out, p = D.noisy(x, rng(7), severity, model="gaussian", gray=False)
+    r = out - x
+    sigma = p["sigma"] / 255
+    assert p["sigma"] == pytest.approx(5 + 50 * severity)
+    assert abs(r.std() / sigma - 1) < 0.05
+    assert abs(r.mean()) < 0.05 * sigma
+    lag1 = np.corrcoef(r[:, 1:, 0].ravel(), r[:, :-1, 0].ravel())[0, 1]
+    assert abs(lag1) < 0.02
+
+
+def test_gray_noise_identical_channels():
+    x = photo()
+    out, p = D.noisy(x, rng(8), 0.5, model="gaussian", gray=True)
+    n = p["maps"]["noise"]
+    assert np.array_equal(n[..., 0], n[..., 1]) and np.array_equal(n[..., 1], n[..., 2])
+    x = np.full((64, 64, 3), 0.5, np.float32)
+    out, _ = D.noisy(x, rng(8), 0.5, model="poisson", gray=True)
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_poisson_noise_matches_sigma_at_half():
+    x = np.full((256, 256, 3), 0.5, np.float32)
+    out, p = D.noisy(x, rng(9), 0.5, model="poisson", gray=False)
+    assert abs((out - x).std() / (p["sigma"] / 255) - 1) < 0.05
+
+
+# ---------------------------------------------------------------- degrade / mixtures
+def test_degrade_single_outputs_8bit_and_meta():
+    x = photo()
+    for kind in D.FUNCTIONS:
+        y, meta = D.degrade(x, kind, rng(0))
+        assert y.dtype == np.float32 and y.shape == x.shape
+        assert y.min() >= 0 and y.max() <= 1
+        np.testing.assert_array_equal(y * 255, np.round(y * 255))
+        assert meta["kinds"] == [kind] and meta["label"] == kind
+        assert 0 <= meta["severity"] <= 1
+        assert kind in meta["params"] and kind in meta["maps"]
+
+
+def test_degrade_deterministic():
+    x = photo()
+    kinds = list(D.FUNCTIONS)
+    a, _ = D.degrade(x, kinds, rng(11))
+    b, _ = D.degrade(x, kinds, rng(11))
+    c, _ = D.degrade(x, kinds, rng(12))
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def test_order_label_multihot():
+    kinds = ["jpeg-compressed", "noisy", "hazy", "noisy"]
+    assert D.ordered(kinds) == ["hazy", "noisy", "jpeg-compressed"]
+    assert D.label_text(kinds) == "hazy, noisy, jpeg-compressed"
+    assert D.label_text("low-light") == "low-light"
+    mh = D.multi_hot(kinds)
+    assert mh.dtype == np.float32 and mh.shape == (10,)
+    assert [DEGRADATIONS[i] for i in np.flatnonzero(mh)] == ["hazy", "jpeg-compressed", "noisy"]
+    _, meta = D.degrade(photo(), kinds, rng(0), severity=0.5)
+    assert meta["kinds"] == ["hazy", "noisy", "jpeg-compressed"]
+    assert meta["label"] == "hazy, noisy, jpeg-compressed"
+    with pytest.raises(ValueError):
+        D.ordered(["blurry"])
+
+
+def test_order_is_physical():
+    order = D.APPLY_ORDER
+    assert sorted(order) == sorted(DEGRADATIONS)
+    for a, b in [("shadowed", "hazy"), ("hazy", "rainy"), ("raindrop", "motion-blurry"),
+                 ("motion-blurry", "low-light"), ("noisy", "jpeg-compressed"),
+                 ("jpeg-compressed", "uncompleted")]:
+        assert order.index(a) < order.index(b)
+
+
+def test_mixture_severity_scaled():
+    r = rng(3)
+    sev_single = [D.degrade(np.zeros((16, 16, 3), np.float32), "noisy", r)[1]["severity"]
+                  for _ in range(200)]
+    sev_mix = [D.degrade(np.zeros((16, 16, 3), np.float32), ["noisy", "jpeg-compressed"], r)[1]["severity"]
+               for _ in range(200)]
+    assert max(sev_mix) <= 0.7 and max(sev_single) > 0.9
+
+
+def test_sample_kinds_distribution():
+    r = rng(0)
+    draws = [D.sample_kinds(r) for _ in range(4000)]
+    counts = np.bincount([len(d) for d in draws], minlength=4)[1:] / len(draws)
+    np.testing.assert_allclose(counts, D.KIND_PROBS, atol=0.03)
+    for d in draws:
+        assert d == D.ordered(d) and len(set(d)) == len(d)
+    per_type = np.sum([D.multi_hot(d) for d in draws], 0)
+    assert per_type.min() > 0.5 * per_type.max()
+    both = np.mean([("rainy" in d and "snowy" in d) for d in draws])
+    assert both < 0.01
