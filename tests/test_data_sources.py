@@ -1,0 +1,151 @@
+"""Image sources: folder / paired / official CSV indexing, bad files, deterministic replacement."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daclip_jax.data import sources as S
+from daclip_jax.imageio import ImageReadError
+
+
+def _rgb(h=40, w=48, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def _save(path, arr, mode=None, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    im.save(path, **kw)
+    return path
+
+
+def make_messy_folder(root):
+    """Good images in every odd layout plus one bad file of each kind. Returns {name: path}."""
+    p = {}
+    p["rgb"] = _save(f"{root}/a/rgb.png", _rgb(seed=1))
+    p["rgba"] = _save(f"{root}/a/rgba.png", np.dstack([_rgb(seed=2), np.full((40, 48), 128, np.uint8)]))
+    p["gray"] = _save(f"{root}/b/gray.png", _rgb(seed=3)[..., 0])
+    p["palette"] = _save(f"{root}/b/palette.png", _rgb(seed=4), mode="P")
+    p["cmyk"] = _save(f"{root}/b/deep/cmyk.jpg", _rgb(seed=5), mode="CMYK")
+    p["16bit"] = f"{root}/b/deep/gray16.png"
+    Image.fromarray((np.random.default_rng(6).random((40, 48)) * 65535).astype(np.uint16)).save(p["16bit"])
+    # bad ones
+    p["empty"] = f"{root}/bad/empty.png"
+    os.makedirs(f"{root}/bad", exist_ok=True)
+    open(p["empty"], "wb").close()
+    p["text"] = f"{root}/bad/notes.png"
+    with open(p["text"], "w") as f:
+        f.write("this is not an image\n")
+    p["small"] = _save(f"{root}/bad/small.png", _rgb(8, 8, seed=7))
+    big = _save(f"{root}/bad/truncated.png", _rgb(64, 64, seed=8))
+    data = open(big, "rb").read()
+    with open(big, "wb") as f:
+        f.write(data[: len(data) // 2])  # header intact, pixel data cut
+    p["truncated"] = big
+    with open(f"{root}/readme.txt", "w") as f:  # not an image extension: ignored silently
+        f.write("hi")
+    return p
+
+
+def test_folder_source_converts_odd_layouts_and_reports_bad_files(tmp_path):
+    p = make_messy_folder(str(tmp_path / "imgs"))
+    report = tmp_path / "work" / "skipped.txt"
+    src = S.ImageFolderSource(str(tmp_path / "imgs"), min_size=16, skipped=S.SkipReport(path=str(report)))
+    # index time: 0-byte, non-image and too-small files are out, with their reasons
+    reasons = {os.path.basename(w): r for _, w, r in src.skipped.entries}
+    assert set(reasons) == {"empty.png", "notes.png", "small.png"}
+    assert "0 bytes" in reasons["empty.png"] and "too small" in reasons["small.png"]
+    assert "not a readable image" in reasons["notes.png"]
+    assert report.read_text().count("\n") == 3
+    # sorted, recursive index; the truncated file passes the header check
+    ids = [src.record_id(i) for i in range(len(src))]
+    assert ids == sorted(ids) and "b/deep/cmyk.jpg" in ids and "bad/truncated.png" in ids
+    for i, rid in enumerate(ids):
+        if rid == "bad/truncated.png":
+            with pytest.raises(ImageReadError):
+                src[i]
+            continue
+        rec = src[i]
+        assert rec["id"] == rid
+        assert rec["gt"].dtype == np.float32 and rec["gt"].shape == (40, 48, 3)
+        assert 0.0 <= rec["gt"].min() and rec["gt"].max() <= 1.0
+
+
+def test_safe_source_replaces_bad_record_deterministically_and_counts(tmp_path):
+    make_messy_folder(str(tmp_path / "imgs"))
+    src = S.ImageFolderSource(str(tmp_path / "imgs"), min_size=16)
+    bad = [i for i in range(len(src)) if src.record_id(i) == "bad/truncated.png"][0]
+    safe1, safe2 = S.SafeSource(src), S.SafeSource(S.ImageFolderSource(str(tmp_path / "imgs"), min_size=16))
+    r1, r2 = safe1[bad], safe2[bad]
+    assert r1["index"] == r2["index"] != bad
+    np.testing.assert_array_equal(r1["gt"], r2["gt"])
+    assert safe1.skipped.count("read") == 1
+    safe1[bad]  # known bad: not re-read, not double counted
+    assert safe1.skipped.count("read") == 1
+    assert "truncated" in src.skipped.summary() or "corrupt" in src.skipped.summary()
+
+
+def test_zero_usable_images_is_a_clear_error(tmp_path):
+    (tmp_path / "x").mkdir()
+    open(tmp_path / "x" / "empty.png", "wb").close()
+    with pytest.raises(S.NoUsableImagesError, match="no usable images"):
+        S.ImageFolderSource(str(tmp_path / "x"))
+    with pytest.raises(S.NoUsableImagesError, match="does not exist"):
+        S.ImageFolderSource(str(tmp_path / "missing"))
+
+
+def make_paired(root, names=("0001.png", "0002.png"), kinds=("noisy", "hazy")):
+    for k, kind in enumerate(kinds):
+        for j, name in enumerate(names):
+            gt = _rgb(seed=10 * k + j)
+            _save(f"{root}/{kind}/GT/{name}", gt)
+            _save(f"{root}/{kind}/LQ/{name}", 255 - gt)
+    return root
+
+
+def test_paired_folder_pairs_by_name_and_takes_type_from_folder(tmp_path):
+    root = make_paired(str(tmp_path / "train"))
+    _save(f"{root}/noisy/LQ/orphan.png", _rgb(seed=99))  # no GT: skipped
+    _save(f"{root}/blurry-ish/LQ/0001.png", _rgb(seed=98))  # not one of the ten words: skipped
+    _save(f"{root}/blurry-ish/GT/0001.png", _rgb(seed=98))
+    src = S.PairedFolderSource(root)
+    assert len(src) == 4
+    assert sorted(os.path.basename(w) for _, w, _ in src.skipped.entries) == ["blurry-ish", "orphan.png"]
+    rec = src[0]
+    assert rec["degradation"] == "hazy" and rec["id"] == "hazy/GT/0001.png"
+    np.testing.assert_allclose(rec["lq"], 1.0 - rec["gt"], atol=1e-6)
+    only_noisy = S.PairedFolderSource(root, degradations=["noisy"])
+    assert {only_noisy[i]["degradation"] for i in range(len(only_noisy))} == {"noisy"}
+
+
+def test_official_csv_source(tmp_path):
+    root = make_paired(str(tmp_path / "universal" / "train"))
+    csv = tmp_path / "universal" / "daclip_train.csv"
+    rows = ["filepath\ttitle",
+            "train/noisy/LQ/0001.png\ta cat sitting on a sofa: noisy",
+            "train/hazy/LQ/0002.png\ta city street at night: hazy",
+            "train/hazy/LQ/missing.png\tnothing here: hazy"]
+    csv.write_text("\n".join(rows) + "\n")
+    src = S.CsvSource(str(csv))
+    assert len(src) == 2 and len(src.skipped) == 1
+    rec = src[0]
+    assert rec["caption"] == "a cat sitting on a sofa" and rec["degradation"] == "noisy"
+    assert rec["id"].endswith("train/noisy/GT/0001.png")
+    np.testing.assert_allclose(rec["lq"], 1.0 - rec["gt"], atol=1e-6)
+    assert S.split_official_title("a: b: hazy") == ("a: b", "hazy")
+    assert S.gt_path_for("/d/x/LQ/LQ/a.png") == "/d/x/LQ/GT/a.png"
+    with pytest.raises(ValueError):
+        S.gt_path_for("/d/x/a.png")
+
+
+def test_make_source_dispatch_and_unknown_kind(tmp_path):
+    import ml_collections
+
+    root = make_paired(str(tmp_path / "train"))
+    cfg = ml_collections.ConfigDict(dict(kind="paired", path=root, min_size=0, validate="header"))
+    assert len(S.make_source(cfg)) == 4
+    cfg.kind = "nope"
+    with pytest.raises(ValueError, match="unknown source kind"):
+        S.make_source(cfg)
