@@ -101,9 +101,8 @@ def export_daclip_pt(model: DaCLIP, path, *, wrap_state_dict: bool = False) -> N
     """Write an official-format DA-CLIP checkpoint; `open_clip.create_model_from_pretrained(
     'daclip_ViT-B-32', pretrained=path)` loads it (strict). wrap_state_dict=True writes
     {'state_dict': ...} as the official trainer does."""
-    from daclip_jax.convert.torch_io import save_state_dict
-
-    save_state_dict(daclip_state_dict(model), path, wrap_key="state_dict" if wrap_state_dict else None)
+    oc.save_torch_state_dict(daclip_state_dict(model), path,
+                             wrap_key="state_dict" if wrap_state_dict else None)
 
 
 # ---------------------------------------------------------------- our model directories

@@ -168,9 +168,22 @@ def module_from_table(abstract: nnx.Module, sd: Mapping[str, np.ndarray], table,
 
 def state_dict_from_table(module: nnx.Module, table) -> "OrderedDict[str, np.ndarray]":
     flat = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    # np.array(copy) and not np.ascontiguousarray, which turns 0-d logit_scale into shape (1,)
     return OrderedDict(
-        (key, np.ascontiguousarray(_TO_TORCH[kind](np.asarray(flat[path].get_value(), np.float32))))
+        (key, np.array(_TO_TORCH[kind](np.asarray(flat[path].get_value(), np.float32)), order="C"))
         for key, path, kind in table)
+
+
+def save_torch_state_dict(sd, path, *, wrap_key: str | None = None) -> None:
+    """torch.save of {key: numpy array}, keeping 0-d tensors 0-d.
+
+    (torch_io.save_state_dict passes values through np.ascontiguousarray, which makes 0-d
+    arrays 1-d, so `logit_scale` would come out (1,) and break strict loading.)"""
+    import torch
+
+    out = OrderedDict((k, torch.from_numpy(np.array(v, order="C"))) for k, v in sd.items())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({wrap_key: out} if wrap_key else out, os.fspath(path))
 
 
 def expected_layout(table, abstract: nnx.Module) -> "OrderedDict[str, tuple]":
@@ -240,6 +253,4 @@ def export_open_clip(clip: CLIP, path) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_file(dict(sd), os.fspath(path))
     else:
-        from daclip_jax.convert.torch_io import save_state_dict
-
-        save_state_dict(sd, path)
+        save_torch_state_dict(sd, path)
