@@ -233,3 +233,164 @@ def test_sample_kinds_distribution():
     assert per_type.min() > 0.5 * per_type.max()
     both = np.mean([("rainy" in d and "snowy" in d) for d in draws])
     assert both < 0.01
+
+
+# ---------------------------------------------------------------- every type
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_type_deterministic_and_in_range(kind):
+    x = photo("chelsea")
+    fn = D.FUNCTIONS[kind]
+    a, pa = fn(x, rng(21), 0.6)
+    b, _ = fn(x, rng(21), 0.6)
+    c, _ = fn(x, rng(22), 0.6)
+    assert a.dtype == np.float32 and a.shape == x.shape
+    assert a.min() >= 0 and a.max() <= 1
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    assert not np.array_equal(a, x)
+    assert all(isinstance(v, np.ndarray) for v in pa["maps"].values())
+
+
+# ---------------------------------------------------------------- motion-blurry
+def test_motion_blur_kernel_and_sharpness():
+    x = photo()
+    for seed, s in [(0, 0.3), (1, 0.6), (2, 1.0)]:
+        out, p = D.motion_blurry(x, rng(seed), s, linear_light=False)
+        k = p["maps"]["kernel"]
+        assert k.min() >= 0 and abs(k.sum() - 1) < 1e-6
+        assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1]
+        assert p["length"] == pytest.approx(3 + s * 0.15 * 256)
+        assert abs(out.mean() - x.mean()) < 2 / 255
+        assert laplacian_var(out) < 0.8 * laplacian_var(x)
+        # Centred on its centre of mass: no shift between LQ and GT.
+        yy, xx = np.mgrid[:k.shape[0], :k.shape[1]]
+        c = k.shape[0] // 2
+        assert abs((k * yy).sum() - c) < 1e-3 and abs((k * xx).sum() - c) < 1e-3
+
+
+def test_motion_blur_linear_light_keeps_linear_mean():
+    x = photo()
+    out, p = D.motion_blurry(x, rng(3), 0.8)
+    assert p["linear_light"]
+    assert abs((out ** 2.2).mean() - (x ** 2.2).mean()) < 2 / 255
+    assert laplacian_var(out) < 0.8 * laplacian_var(x)
+
+
+def test_motion_blur_severity_monotone():
+    x = photo("coffee")
+    v = [laplacian_var(D.motion_blurry(x, rng(5), s)[0]) for s in (0.1, 0.5, 1.0)]
+    assert v[0] > v[1] > v[2]
+
+
+# ---------------------------------------------------------------- raindrop
+@pytest.mark.parametrize("severity", [0.0, 0.5, 1.0])
+def test_raindrop_alpha_and_coverage(severity):
+    x = photo()
+    out, p = D.raindrop(x, rng(4), severity)
+    alpha = p["maps"]["alpha"]
+    outside = alpha == 0
+    assert np.array_equal(out[outside], x[outside])
+    target = 0.03 + 0.37 * severity
+    assert abs(alpha.mean() - target) <= 0.3 * target
+    inside = alpha > 0.9
+    g_out, g_in = lum(out), lum(x)
+    hp = lambda g: np.abs(g - __import__("scipy.ndimage").ndimage.uniform_filter(g, 3))
+    assert hp(g_out)[inside].mean() < hp(g_in)[inside].mean()
+
+
+# ---------------------------------------------------------------- rainy
+def _orientation_from_vertical(img):
+    gy, gx = np.gradient(img.astype(np.float64))
+    gy = -gy                                   # rows grow downwards; measure angles visually
+    jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+    phi = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy))   # dominant gradient direction
+    theta = -phi                               # streaks run perpendicular to the gradient
+    return (theta + 90) % 180 - 90
+
+
+@pytest.mark.parametrize("theta0", [-25.0, 0.0, 18.0])
+def test_rain_screen_and_orientation(theta0):
+    x = photo("coffee")
+    out, p = D.rainy(x, rng(6), 0.6, veil=False, theta0_deg=theta0)
+    assert np.all(out >= x - 1e-6)
+    diff = lum(out - x)
+    assert abs(_orientation_from_vertical(diff) - theta0) <= 10
+    frac = (diff > 0.05).mean()
+    assert 0.1 < frac < 0.8
+
+
+def test_rain_severity_monotone():
+    x = photo("coffee")
+    fr = [(lum(D.rainy(x, rng(8), s, veil=False)[0] - x) > 0.05).mean() for s in (0.0, 0.5, 1.0)]
+    assert fr[0] < fr[1] < fr[2]
+
+
+# ---------------------------------------------------------------- shadowed
+def test_shadow_matte_and_umbra():
+    x = photo()
+    out, p = D.shadowed(x, rng(9), 0.5, opacity=1.0)
+    matte = p["maps"]["matte"]
+    assert 0.05 <= (matte > 0.5).mean() <= 0.5
+    free = matte == 0
+    assert np.array_equal(out[free], x[free])
+    umbra = (matte > 0.99) & (lum(x) > 0.1)
+    ratio = lum(out)[umbra].mean() / lum(x)[umbra].mean()
+    assert 0.1 <= ratio <= 0.9
+    br = lambda im: (im[..., 2][umbra] + 1e-3) / (im[..., 0][umbra] + 1e-3)
+    assert np.median(br(out)) > np.median(br(x))
+    assert np.all(out <= x + 0.03)
+
+
+def test_shadow_severity_monotone():
+    x = photo()
+    means = [lum(D.shadowed(x, rng(10), s, opacity=1.0)[0]).mean() for s in (0.0, 0.5, 1.0)]
+    assert means[0] > means[1] > means[2]
+
+
+# ---------------------------------------------------------------- snowy
+@pytest.mark.parametrize("severity", [0.0, 0.5, 1.0])
+def test_snow_brightening_and_coverage(severity):
+    x = photo()
+    out, p = D.snowy(x, rng(11), severity, veil=False)
+    z = p["maps"]["z"]
+    a = np.asarray(p["snow_color"], np.float32)
+    where = np.all(a >= x, axis=-1)
+    assert np.all(out[where] >= x[where] - 1e-6)
+    target = 0.02 + 0.28 * severity
+    assert abs(z.mean() - target) <= 0.3 * target
+
+
+def test_snow_flake_size_classes():
+    import scipy.ndimage
+    x = photo()
+    sizes = {}
+    for cls in ("small", "large"):
+        _, p = D.snowy(x, rng(12), 0.3, classes=[cls])
+        lab, n = scipy.ndimage.label(p["maps"]["z"] > 0.5)
+        sizes[cls] = np.bincount(lab.ravel())[1:].mean()
+    assert sizes["large"] > 3 * sizes["small"]
+
+
+# ---------------------------------------------------------------- uncompleted
+@pytest.mark.parametrize("style", ["lama", "deepfill"])
+def test_inpainting_holes(style):
+    x = photo("chelsea")
+    for seed, s in [(0, 0.0), (1, 0.5), (2, 1.0)]:
+        out, p = D.uncompleted(x, rng(seed), s, style=style)
+        m = p["maps"]["mask"]
+        assert set(np.unique(m)) <= {0.0, 1.0}
+        assert 0.03 <= m.mean() <= 0.5
+        assert m.mean() >= p["target_hole_fraction"]
+        assert np.all(out[m == 1] == 1.0)
+        assert np.array_equal(out[m == 0], x[m == 0])
+
+
+def test_inpainting_through_degrade_keeps_gt_and_mask():
+    x = photo("chelsea")
+    y, meta = D.degrade(x, "uncompleted", rng(3))
+    m = meta["mask"]
+    assert m.shape == x.shape[:2]
+    assert np.all(y[m == 1] == 1.0) and np.array_equal(y[m == 0], x[m == 0])
+    # Holes stay pure white after every other degradation.
+    y, meta = D.degrade(x, ["uncompleted", "noisy", "hazy"], rng(4))
+    assert meta["kinds"][-1] == "uncompleted"
+    assert np.all(y[meta["mask"] == 1] == 1.0)

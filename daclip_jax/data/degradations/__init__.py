@@ -14,9 +14,15 @@ from daclip_jax.labels import DEGRADATIONS
 
 from ._common import quantize
 from .haze import hazy
+from .inpainting import uncompleted
 from .jpeg import jpeg_compressed
 from .low_light import low_light
+from .motion_blur import motion_blurry
 from .noise import noisy
+from .rain import rainy
+from .raindrop import raindrop
+from .shadow import shadowed
+from .snow import snowy
 
 __all__ = ["DEGRADATIONS", "APPLY_ORDER", "FUNCTIONS", "degrade", "sample_kinds", "ordered",
            "label_text", "multi_hot", "KIND_PROBS", "MIXTURE_SEVERITY_SCALE"]
@@ -29,12 +35,20 @@ APPLY_ORDER = (
 )
 assert sorted(APPLY_ORDER) == sorted(DEGRADATIONS)
 
+# Keyed by label word, in application order.
 FUNCTIONS = {
+    "shadowed": shadowed,
     "hazy": hazy,
+    "rainy": rainy,
+    "snowy": snowy,
+    "raindrop": raindrop,
+    "motion-blurry": motion_blurry,
     "low-light": low_light,
     "noisy": noisy,
     "jpeg-compressed": jpeg_compressed,
+    "uncompleted": uncompleted,
 }
+assert tuple(FUNCTIONS) == APPLY_ORDER
 
 KIND_PROBS = (0.5, 0.35, 0.15)          # k = 1, 2, 3 types per sample
 MIXTURE_SEVERITY_SCALE = 0.7            # keep mixtures recognisable
