@@ -1,0 +1,331 @@
+"""The one training loop: config → mesh → data → model → loss → update → checkpoint → eval.
+
+A :class:`Task` says what differs between trainers: how the model is built (and
+which pretrained weights it starts from), which variables train, the loss, the
+evaluation and the exported model. Everything else — sharding, the jitted step,
+gradient accumulation, the non-finite guard, EMA, checkpoints with exact resume,
+preemption, TensorBoard and the console — lives here once.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from daclip_jax import parallel
+from daclip_jax.train import checkpointing, optim
+from daclip_jax.train.state import TrainState, init_state, make_train_step, state_shardings
+from daclip_jax.train.writer import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradient norm became NaN/Inf; the run stopped before saving it."""
+
+
+class Task(abc.ABC):
+    """What one trainer specialises. Subclasses keep ``config`` and implement the rest."""
+
+    name: str = "task"
+    #: nnx filter of the trained variables; everything else is frozen
+    trainable: Any = nnx.Param
+    #: batch keys the step uses (others are not sent to the devices)
+    batch_keys: tuple[str, ...] = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    @abc.abstractmethod
+    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The full model, frozen parts included, with its starting weights."""
+
+    @abc.abstractmethod
+    def loss(self, model: nnx.Module, batch: dict, rng) -> tuple[jax.Array, dict]:
+        """Scalar loss on the (global) batch and a dict of scalar metrics."""
+
+    def evaluate(self, model: nnx.Module, batches: Iterable[dict], mesh) -> tuple[dict, dict]:
+        """Validation: ``(scalars, images)``; batches are global jax arrays."""
+        return {}, {}
+
+    def export(self, model: nnx.Module, path: str) -> None:
+        """Write the trained model as a daclip-jax model dir (called on every process)."""
+
+    # data: the grain pipeline of helper D unless a test or caller supplies its own
+    def dataset(self, split: str, *, seed: int, process_index: int, process_count: int):
+        from daclip_jax.data.pipeline import build_pipeline
+        return build_pipeline(self.config.data, split=split, seed=seed,
+                              global_batch_size=self.global_batch_size(split),
+                              process_index=process_index, process_count=process_count)
+
+    def global_batch_size(self, split: str) -> int:
+        if split == "train":
+            return int(self.config.train.batch_size)
+        return int(self.config.eval.get("batch_size", self.config.train.batch_size))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def to_global(batch: dict, mesh, keys: Iterable[str] | None = None) -> dict:
+    """Per-process numpy batch → global jax arrays sharded along ('data', 'fsdp')."""
+    if keys:
+        batch = {k: batch[k] for k in keys}
+    return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, np.ndim(v)),
+                                                      np.asarray(v))
+            for k, v in batch.items()}
+
+
+class _Preemption:
+    """SIGTERM → save and stop at the next step boundary.
+
+    With several processes JAX's own preemption notifier owns SIGTERM and the
+    decision must be collective, so we ask ``reached_preemption`` (orbax → JAX's
+    sync point) instead of a local flag.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.flag = False
+        self._old = None
+        if jax.process_count() == 1:
+            try:
+                self._old = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread
+                self._old = None
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the next step")
+        self.flag = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.manager.reached_preemption(step))
+        return self.flag
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Builds everything for ``task`` from ``config`` and runs :meth:`train`."""
+
+    def __init__(self, config, workdir: str, task: Task, *, resume: str = "latest",
+                 dataset_fn: Callable | None = None):
+        self.config, self.task = config, task
+        self.workdir = os.path.abspath(workdir)
+        tc = config.train
+        self.total_steps = int(tc.steps)
+        self.mesh = parallel.make_mesh(dict(config.get("mesh", {"data": -1})))
+        self.rules = parallel.ShardingRules.from_config(config.get("sharding"))
+        parallel.batch_size_per_shard(self.mesh, task.global_batch_size("train"))
+        self._dataset_fn = dataset_fn or task.dataset
+
+        # model → (graphdef, trainable, frozen), all placed by the rules
+        model = task.build_model(nnx.Rngs(int(config.get("seed", 0))))
+        self.graphdef, params, frozen = nnx.split(model, task.trainable, ...)
+        del model
+        self.frozen = parallel.put(frozen, parallel.tree_shardings(frozen, self.mesh, self.rules))
+        self.tx, self.schedule = optim.make_optimizer(tc)
+        ec = config.get("ema")
+        self.ema_cfg = ec if ec is not None and float(ec.get("decay", 0)) > 0 else None
+        params = parallel.put(params, parallel.tree_shardings(params, self.mesh, self.rules))
+        rng = jax.random.key_data(jax.random.key(int(config.get("seed", 0)) + 1))
+        shape = jax.eval_shape(lambda p, r: TrainState(
+            step=jnp.zeros((), jnp.int32), params=p, opt_state=self.tx.init(p),
+            ema=p if self.ema_cfg else None, rng=r), params, rng)
+        self.shardings = state_shardings(shape, self.tx, self.mesh, self.rules)
+        with jax.set_mesh(self.mesh):
+            self.state = init_state(params, self.tx, rng, with_ema=self.ema_cfg is not None,
+                                    shardings=self.shardings)
+        self.abstract_state = checkpointing.abstract_like(shape, self.shardings)
+
+        step_fn = make_train_step(self.graphdef, task.loss, self.tx, self.schedule,
+                                  accum_steps=int(tc.get("accum_steps", 1)), ema_cfg=self.ema_cfg)
+        rep = parallel.replicated(self.mesh)
+        frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
+        self._step = jax.jit(step_fn, in_shardings=(self.shardings, frozen_sh, None),
+                             out_shardings=(self.shardings, rep), donate_argnums=(0,))
+
+        # data + checkpoints
+        cc = config.get("ckpt", {})
+        self.ckpt = checkpointing.Checkpointer(
+            os.path.join(self.workdir, "checkpoints"), keep=int(cc.get("keep", 3)),
+            keep_best=int(cc.get("keep_best", 1)), best_metric=cc.get("best_metric"),
+            best_mode=cc.get("best_mode", "max"), async_save=bool(cc.get("async_save", True)))
+        self.train_ds = self._dataset_fn("train", seed=int(config.get("seed", 0)),
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+        self.train_iter = iter(self.train_ds)
+        self._resume(resume)
+        self.writer = MetricWriter(self.workdir, self.total_steps,
+                                   enabled=parallel.is_main_process())
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self, resume: str | int | None) -> None:
+        resume = "latest" if resume is None else str(resume)
+        latest = self.ckpt.latest_step()
+        if resume == "none":
+            if latest is not None:
+                raise FileExistsError(
+                    f"{self.ckpt.directory} already holds checkpoints (latest {latest}); "
+                    f"use --resume latest or another --workdir")
+            return
+        step = latest if resume == "latest" else int(resume)
+        if step is None:
+            return
+        self.state, meta = self.ckpt.restore(step, self.abstract_state, data_iter=self.train_iter)
+        log.info("resumed from step %d (%s)", step, self.ckpt.directory)
+        if parallel.is_main_process():
+            print(f"resumed from checkpoint {step} in {self.ckpt.directory}", flush=True)
+
+    # ------------------------------------------------------------------ pieces
+    def model(self, use_ema: bool = False) -> nnx.Module:
+        params = self.state.ema if use_ema and self.state.ema is not None else self.state.params
+        return nnx.merge(self.graphdef, params, self.frozen)
+
+    def save(self, step: int, metrics: dict | None = None, force: bool = False) -> None:
+        meta = dict(task=self.task.name, config=json.loads(self.config.to_json_best_effort()))
+        self.ckpt.save(step, self.state, data_iter=self.train_iter, meta=meta,
+                       metrics=metrics, force=force)
+
+    def evaluate(self, step: int) -> dict:
+        ec = self.config.get("eval", {})
+        n = int(ec.get("batches", 1))
+        ds = self._dataset_fn("val", seed=int(self.config.get("seed", 0)),
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+        it = iter(ds)
+        batches = (to_global(next(it), self.mesh) for _ in range(n))
+        t0 = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            scalars, images = self.task.evaluate(self.model(bool(ec.get("use_ema", False))),
+                                                 batches, self.mesh)
+        scalars = {f"val/{k}": float(v) for k, v in scalars.items()}
+        self.writer.scalars(step, dict(scalars, **{"perf/eval_s": time.perf_counter() - t0}))
+        self.writer.images(step, {f"val/{k}": v for k, v in images.items()})
+        if parallel.is_main_process() and scalars:
+            print(f"[{step}] eval " + " ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
+                  flush=True)
+        return scalars
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainState:
+        tc, cc, ec = self.config.train, self.config.get("ckpt", {}), self.config.get("eval", {})
+        log_every = int(tc.get("log_every", 50))
+        ckpt_every = int(cc.get("every", 1000))
+        eval_every = int(ec.get("every", 0))
+        examples = self.task.global_batch_size("train")
+        preempt = _Preemption(self.ckpt.manager)
+        step = int(jax.device_get(self.state.step))
+        first = step
+        pending = None  # metrics of the last dispatched step, read one step late
+        try:
+            while step < self.total_steps:
+                try:
+                    local = next(self.train_iter)
+                except StopIteration:
+                    raise RuntimeError(f"the training data ran out at step {step}; "
+                                       f"set data.num_epochs=None (repeat) or fewer train.steps")
+                batch = to_global(local, self.mesh, self.task.batch_keys or None)
+                with jax.set_mesh(self.mesh):
+                    self.state, metrics = self._step(self.state, self.frozen, batch)
+                if pending is not None:
+                    self._check_and_log(*pending, log_every, examples)
+                step += 1
+                pending = (step, metrics)
+                boundary = step == self.total_steps or step % ckpt_every == 0
+                do_eval = eval_every and (step % eval_every == 0 or step == self.total_steps)
+                stop = preempt.reached(step)
+                if boundary or do_eval or stop:
+                    self._check_and_log(*pending, log_every, examples)
+                    pending = None
+                    scores = self.evaluate(step) if do_eval else None
+                    if boundary or stop or scores:
+                        self.save(step, metrics=scores, force=stop)
+                if stop:
+                    self.ckpt.wait()
+                    if parallel.is_main_process():
+                        print(f"preempted: saved step {step}, exiting", flush=True)
+                    break
+            if pending is not None:
+                self._check_and_log(*pending, log_every, examples)
+            self.ckpt.wait()
+        finally:
+            preempt.restore()
+            self.writer.flush()
+        if step >= self.total_steps and step > first and self.config.get("export", True):
+            self.export()
+        return self.state
+
+    def _check_and_log(self, step: int, metrics, log_every: int, examples: int) -> None:
+        metrics = jax.device_get(metrics)
+        if int(metrics.pop("nonfinite")):
+            self.ckpt.wait()  # let an in-flight (good) checkpoint finish; nothing bad is saved
+            raise NonFiniteError(
+                f"non-finite loss ({float(metrics['loss'])}) or grad norm "
+                f"({float(metrics['grad_norm'])}) at step {step}; the update was skipped and "
+                f"the last checkpoint ({self.ckpt.latest_step()}) is the last good state")
+        if step % log_every == 0 or step == self.total_steps:
+            scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+            rates = self.writer.progress(step, scalars, examples)
+            self.writer.scalars(step, dict(scalars, **rates))
+
+    def export(self) -> str:
+        path = os.path.join(self.workdir, "model")
+        use_ema = self.state.ema is not None
+        rep = parallel.replicated(self.mesh)
+        params = jax.jit(lambda p: p, out_shardings=rep)(
+            self.state.ema if use_ema else self.state.params)
+        frozen = jax.jit(lambda p: p, out_shardings=rep)(self.frozen)
+        self.task.export(nnx.merge(self.graphdef, params, frozen), path)
+        return path
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.writer.close()
+
+
+TASKS = {
+    "daclip": "daclip_jax.train.daclip_task:DaClipTask",
+    "clip": "daclip_jax.train.clip_task:ClipTask",
+    "restoration": "daclip_jax.train.restoration_task:RestorationTask",
+}
+
+
+def get_task(name: str) -> type[Task]:
+    import importlib
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def train(config, workdir: str, task: Task | None = None, *, resume: str = "latest",
+          dataset_fn: Callable | None = None) -> TrainState:
+    """Run (or resume) a training run described by ``config`` in ``workdir``."""
+    dc = config.get("distributed", {})
+    parallel.initialize_distributed(dc.get("coordinator_address"), dc.get("num_processes"),
+                                    dc.get("process_id"))
+    task = task or get_task(config.task)(config)
+    trainer = Trainer(config, workdir, task, resume=resume, dataset_fn=dataset_fn)
+    try:
+        if parallel.is_main_process():
+            os.makedirs(trainer.workdir, exist_ok=True)
+            with open(os.path.join(trainer.workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -1,0 +1,137 @@
+"""A tiny task for exercising the shared training loop without the real models, and a
+command-line entry used by the subprocess tests (multi-device, multi-process, kill -9).
+
+    python tests/test_train_helpers.py OUT_DIR '{json overrides}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def tiny_config(**over):
+    import ml_collections as mlc
+    c = mlc.ConfigDict()
+    c.task = "toy"
+    c.seed = 0
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.sharding = dict(fsdp_min_size=0)
+    c.train = dict(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, schedule="cosine", end_lr=0.0,
+                   weight_decay=0.01, b1=0.9, b2=0.98, eps=1e-6, grad_clip_norm=0.0,
+                   accum_steps=1, log_every=1)
+    c.ema = dict(decay=0.0, every=10, after=100, inv_gamma=1.0, power=2 / 3)
+    c.ckpt = dict(every=2, keep=10, keep_best=1, best_metric="mse_neg", best_mode="max",
+                  async_save=True)
+    c.eval = dict(every=0, batches=1, batch_size=8)
+    c.nan_at_batch = -1      # fixture only: poison this training batch with a NaN
+    c.slow_data_s = 0.0      # fixture only: sleep per training example (kill -9 test)
+    c.export = False
+    for k, v in over.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def toy_task_class():
+    import grain
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from daclip_jax import parallel
+    from daclip_jax.train.core import Task
+
+    class Toy(nnx.Module):
+        def __init__(self, rngs):
+            self.encoder = nnx.Linear(16, 32, rngs=rngs)     # frozen
+            self.head = nnx.Linear(32, 16, rngs=rngs)        # trained
+            self.out = nnx.Linear(16, 8, rngs=rngs)          # trained
+
+        def __call__(self, x):
+            h = parallel.constrain_batch(jnp.tanh(self.encoder(x)))
+            return self.out(jax.nn.gelu(self.head(h)))
+
+    class _Example(grain.transforms.Map):
+        def __init__(self, offset, nan_index, sleep_s=0.0):
+            self.offset, self.nan_index, self.sleep_s = offset, nan_index, sleep_s
+
+        def map(self, i):
+            if self.sleep_s:
+                import time
+                time.sleep(self.sleep_s)
+            r = np.random.default_rng(int(i) + self.offset)
+            x = r.normal(size=16).astype(np.float32)
+            if int(i) == self.nan_index:
+                x[0] = np.nan
+            return {"x": x, "y": np.tanh(x[:8] * 2).astype(np.float32), "index": np.int32(i)}
+
+    class ToyTask(Task):
+        name = "toy"
+        trainable = nnx.Any(nnx.PathContains("head"), nnx.PathContains("out"))
+        batch_keys = ("x", "y")
+
+        def build_model(self, rngs):
+            return Toy(rngs)
+
+        def loss(self, model, batch, rng):
+            pred = model(batch["x"])
+            mse = jnp.mean((pred - batch["y"]) ** 2)
+            return mse, {"mse": mse}
+
+        def evaluate(self, model, batches, mesh):
+            errs = [float(jnp.mean((model(b["x"]) - b["y"]) ** 2)) for b in batches]
+            return {"mse": np.mean(errs), "mse_neg": -np.mean(errs)}, {}
+
+        def dataset(self, split, *, seed, process_index, process_count):
+            bs = self.global_batch_size(split) // process_count
+            offset = 0 if split == "train" else 10 ** 7
+            nan_at = int(self.config.get("nan_at_batch", -1))
+            # examples of global batch b are b*B .. (b+1)*B-1; process p takes its slice
+            nan_index = -1
+            ds = grain.MapDataset.range(10 ** 6)
+            if split == "train":
+                ds = ds.shuffle(seed=seed)
+            ds = ds[process_index::process_count]
+            if nan_at >= 0:
+                nan_index = int(ds[nan_at * bs])
+            sleep_s = float(self.config.get("slow_data_s", 0.0)) if split == "train" else 0.0
+            return ds.map(_Example(offset, nan_index, sleep_s / bs)).batch(bs, drop_remainder=True) \
+                .to_iter_dataset()
+
+    return ToyTask
+
+
+def main(argv):
+    out_dir, overrides = argv[1], json.loads(argv[2]) if len(argv) > 2 else {}
+    resume = overrides.pop("resume", "latest")
+    dist = overrides.pop("distributed", None)
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    from daclip_jax import parallel
+    if dist:
+        parallel.initialize_distributed(**dist)
+    from daclip_jax.train.core import Trainer
+    cfg = tiny_config(**overrides)
+    trainer = Trainer(cfg, out_dir, toy_task_class()(cfg), resume=resume)
+    try:
+        state = trainer.train()
+    finally:
+        trainer.close()
+    rep = parallel.replicated(trainer.mesh)
+    params = jax.device_get(jax.jit(lambda p: p, out_shardings=rep)(state.params))
+    if jax.process_index() == 0 or dist:
+        flat = {parallel.path_str(p): np.asarray(v)
+                for p, v in jax.tree_util.tree_leaves_with_path(params)}
+        np.savez(os.path.join(out_dir, f"params_{jax.process_index()}.npz"), **flat)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main(sys.argv)
