@@ -136,6 +136,13 @@ class SkipReport:
     def __post_init__(self):
         self._lock = threading.Lock()
 
+    def __getstate__(self):  # sources travel to grain worker processes; locks do not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def add(self, where: str, reason: str, stage: str = "index"):
         with self._lock:
             self.entries.append((stage, where, reason))
