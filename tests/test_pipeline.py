@@ -221,6 +221,25 @@ def test_single_mode_and_weights(folder):
         next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=8, process_index=0, process_count=1)))
 
 
+def test_default_mixture_of_all_ten_and_wild_mode(folder):
+    cfg = _cfg(folder, **{"degradation.kinds": tuple(DEGRADATIONS)})  # C's sample_kinds path
+    b = next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=6, process_index=0, process_count=1)))
+    assert ((b["degradation_multihot"].sum(1) >= 1) & (b["degradation_multihot"].sum(1) <= 3)).all()
+    cfg.degradation.mode = "wild"
+    b = next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=4, process_index=0, process_count=1)))
+    from daclip_jax.data.wild import WORDS
+
+    assert (b["degradation_index"] == -1).all() and not b["degradation_multihot"].any()
+    import itertools
+
+    phrases = [", ".join(p) for k in range(1, 5) for p in itertools.permutations(WORDS, k)]
+    allowed = {tuple(t) for t in tokenize(phrases)}
+    assert all(tuple(t) in allowed for t in b["degradation_tokens"])
+    cfg.degradation.mode = "bogus"
+    with pytest.raises(ValueError, match="mode"):
+        PL.build_pipeline(cfg, seed=0, global_batch_size=4, process_index=0, process_count=1)
+
+
 def test_holdout_split_is_stable_and_disjoint(folder):
     cfg = _cfg(folder, holdout_fraction=0.3)
     train, val = PL.build_source(cfg, split="train"), PL.build_source(cfg, split="val")
