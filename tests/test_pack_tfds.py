@@ -124,3 +124,32 @@ def test_tfds_array_record_without_tensorflow(tmp_path):
     packed = S.ArrayRecordSource(str(tmp_path / "packed"))
     assert summary["records"] == 6 and {packed[i]["label"] for i in range(6)} == {"cat", "golden_retriever"}
     assert builder.info.splits["train"].num_examples == 6
+
+
+def test_pack_tiles_and_raw_encoding(tmp_path):
+    from daclip_jax.data.pack import tile_origins
+
+    assert tile_origins(100, 40, 20) == [0, 20, 40, 60] and tile_origins(90, 40, 30) == [0, 30, 50]
+    assert tile_origins(30, 40, 20) == [0]
+    root = tmp_path / "big"
+    root.mkdir()
+    Image.fromarray(_rgb(90, 100, 0)).save(root / "big.png")
+    Image.fromarray(_rgb(30, 35, 1)).save(root / "small.png")
+    src = S.ImageFolderSource(str(root))
+    for encoding in ("raw", "png"):
+        out = str(tmp_path / encoding)
+        summary = pack(src, out, tile=40, tile_step=30, encoding=encoding)
+        assert summary["records"] == 3 * 3 + 1  # 90x100 -> rows 0,30,50 x cols 0,30,60; small stays whole
+        packed = S.ArrayRecordSource(out)
+        full = {src.record_id(i): src[i]["gt"] for i in range(len(src))}
+        for i in range(len(packed)):
+            header = S.deserialize_record(packed.source[i])[0]
+            rec = packed[i]
+            y, x = header.get("tile", [0, 0])
+            h, w = rec["gt"].shape[:2]
+            np.testing.assert_allclose(rec["gt"], full[rec["id"]][y:y + h, x:x + w], atol=0.5 / 255)
+            assert ("gt_raw_shape" in header) == (encoding == "raw")
+    # a corrupt raw record is a bad file, not a crash
+    blob = S.serialize_record({"id": "x", "gt_raw_shape": [4, 4, 3]}, b"\x00" * 10)
+    with pytest.raises(ValueError, match="corrupt raw"):
+        S._decode_packed(S.deserialize_record(blob)[1], [4, 4, 3], 0, "x")

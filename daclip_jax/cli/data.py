@@ -55,6 +55,11 @@ def register(subparsers):
     pk.add_argument("--data-dir", default="", help="tfds data_dir")
     pk.add_argument("--label-key", default="", help="tfds label feature stored as the record label")
     pk.add_argument("--threads", type=int, default=4, help="decoding threads")
+    pk.add_argument("--tile", type=int, default=0,
+                    help="cut images larger than TILE x TILE into tiles (fast reads of big photos)")
+    pk.add_argument("--tile-step", type=int, default=0, help="tile stride (default TILE/2)")
+    pk.add_argument("--encoding", choices=("auto", "png", "raw"), default="auto",
+                    help="auto: original PNG/JPEG bytes when plain 8-bit, else PNG; raw: uint8 pixels")
     pk.set_defaults(func=run)
 
     pv = sub.add_parser("preview", help="write a clean|degraded grid, one row per degradation type")
@@ -80,7 +85,8 @@ def run(args) -> int:
             cfg = _source_config(args.src, args.kind, min_size=args.min_size,
                                  label_key=args.label_key, data_dir=args.data_dir)
             source = S.make_source(cfg)
-            summary = pack(source, args.out, num_shards=args.shards, threads=args.threads)
+            summary = pack(source, args.out, num_shards=args.shards, threads=args.threads,
+                           tile=args.tile, tile_step=args.tile_step, encoding=args.encoding)
             skipped = len(source.skipped) + summary["skipped"]
             print(f"packed {summary['records']} record(s) into {len(summary['shards'])} shard(s) in "
                   f"{args.out}; skipped {skipped}"

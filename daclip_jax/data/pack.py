@@ -3,9 +3,11 @@
     daclip-jax data pack /data/DIV2K --out /data/div2k_ar --shards 64
 
 Each record is `sources.serialize_record`: a JSON header (id, caption, degradation, label)
-followed by the encoded GT and optional real LQ. Files that already are plain 8-bit RGB or
-grayscale PNG/JPEG are stored byte for byte (no re-encoding, no new JPEG artefacts); anything
-else is decoded with `imageio.read_image` and stored as an 8-bit PNG. Records that cannot be
+followed by the encoded GT and optional real LQ. With the default `encoding="auto"`, files that
+already are plain 8-bit RGB or grayscale PNG/JPEG are stored byte for byte (no re-encoding, no
+new JPEG artefacts); anything else is decoded with `imageio.read_image` and stored as an 8-bit
+PNG. `encoding="raw"` stores uint8 pixels (no decode at training time) and `tile=N` cuts large
+photos into N x N tiles: decoding a 2K PNG costs ~100-200 ms per sample, a 512 tile ~10 ms. Records that cannot be
 read are skipped and listed in `<out>/skipped.txt`. Shard files are written contiguously
 (record i goes to shard i * shards // n) with ArrayRecord `group_size:1` for fast random access;
 `<out>/ids.json` lists the ids per shard so splits need not read the records.
@@ -71,20 +73,74 @@ def _file_paths(source, index: int) -> tuple[str | None, str | None]:
     return None, None
 
 
-def encode_record(source, index: int) -> bytes:
-    """One source record as packed bytes (raises ImageReadError for a bad file)."""
+def _encode(img: np.ndarray, encoding: str) -> tuple[bytes, dict]:
+    if encoding == "raw":
+        u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return u8.tobytes(), {"shape": list(u8.shape)}
+    return png_bytes(img), {}
+
+
+def tile_origins(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets covering [0, length) with windows of `tile` every `step` (last one flush)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def encode_record(source, index: int, *, tile: int = 0, tile_step: int = 0,
+                  encoding: str = "auto") -> list[bytes]:
+    """One source record as packed blobs (several when tiling); raises ImageReadError for a bad file.
+
+    encoding: auto (original file bytes when plain 8-bit PNG/JPEG, else PNG) | png | raw
+    (uint8 pixels: no decode cost at training time, ~2x the size of a PNG).
+    tile > 0 cuts images larger than tile x tile into tiles (step `tile_step`, default tile // 2),
+    so each training sample decodes a tile instead of a 2K photo. Tiles keep the image's id
+    (captions and held-out splits stay per clean image) and record their origin in `tile`.
+    """
+    if encoding not in ("auto", "png", "raw"):
+        raise ValueError(f"encoding must be auto|png|raw, got {encoding!r}")
     rec = source[index]  # decodes: validates the file and gives the metadata
-    gt_path, lq_path = _file_paths(source, index)
-    gt_bytes = _file_bytes_if_plain(gt_path) or png_bytes(rec["gt"])
-    lq_bytes = b""
-    if rec.get("lq") is not None:
-        lq_bytes = _file_bytes_if_plain(lq_path) or png_bytes(rec["lq"])
     meta = {k: rec[k] for k in ("id", "caption", "degradation", "label") if rec.get(k)}
-    return S.serialize_record(meta, gt_bytes, lq_bytes)
+    gt, lq = rec["gt"], rec.get("lq")
+    h, w = gt.shape[:2]
+    if encoding == "auto" and (tile <= 0 or max(h, w) <= tile):
+        gt_path, lq_path = _file_paths(source, index)
+        gt_bytes = _file_bytes_if_plain(gt_path) or png_bytes(gt)
+        lq_bytes = b"" if lq is None else (_file_bytes_if_plain(lq_path) or png_bytes(lq))
+        return [S.serialize_record(meta, gt_bytes, lq_bytes)]
+    fmt = "raw" if encoding == "raw" else "png"
+    if tile <= 0:
+        windows = [(0, 0, h, w)]
+    else:
+        step = tile_step if tile_step > 0 else max(1, tile // 2)
+        th, tw = min(tile, h), min(tile, w)
+        windows = [(y, x, th, tw) for y in tile_origins(h, tile, step) for x in tile_origins(w, tile, step)]
+    blobs = []
+    for y, x, th, tw in windows:
+        m = dict(meta)
+        if tile > 0:
+            m["tile"] = [y, x]
+        gt_bytes, info = _encode(gt[y:y + th, x:x + tw], fmt)
+        if info:
+            m["gt_raw_shape"] = info["shape"]
+        lq_bytes = b""
+        if lq is not None:
+            lq_bytes, info = _encode(lq[y:y + th, x:x + tw], fmt)
+            if info:
+                m["lq_raw_shape"] = info["shape"]
+        blobs.append(S.serialize_record(m, gt_bytes, lq_bytes))
+    return blobs
 
 
-def pack(source, out_dir: str, *, num_shards: int = 1, threads: int = 4, prefix: str = "data") -> dict:
-    """Writes `source` to `out_dir/<prefix>-XXXXX-of-YYYYY.array_record`; returns a summary dict."""
+def pack(source, out_dir: str, *, num_shards: int = 1, threads: int = 4, prefix: str = "data",
+         tile: int = 0, tile_step: int = 0, encoding: str = "auto") -> dict:
+    """Writes `source` to `out_dir/<prefix>-XXXXX-of-YYYYY.array_record`; returns a summary dict.
+
+    tile / tile_step / encoding: see `encode_record`.
+    """
     from array_record.python.array_record_module import ArrayRecordWriter
 
     from daclip_jax import imageio
@@ -99,21 +155,25 @@ def pack(source, out_dir: str, *, num_shards: int = 1, threads: int = 4, prefix:
 
     def work(i):
         try:
-            return i, encode_record(source, i), None
+            return i, encode_record(source, i, tile=tile, tile_step=tile_step, encoding=encoding), None
         except imageio.ImageReadError as e:
             return i, None, str(e)
 
     written = 0
     try:
+        chunk = 8 * max(1, threads)  # bounded read-ahead: never the whole dataset in memory
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            for i, blob, error in pool.map(work, range(n)):  # map keeps the order: shards are reproducible
-                if blob is None:
+            results = (r for start in range(0, n, chunk)
+                       for r in pool.map(work, range(start, min(n, start + chunk))))
+            for i, blobs, error in results:  # in index order: shards are reproducible
+                if blobs is None:
                     skipped.add(source.describe(i), error, stage="pack")
                     continue
                 shard = i * num_shards // n
-                writers[shard].write(blob)
-                ids[names[shard]].append(S.deserialize_record(blob)[0]["id"])
-                written += 1
+                for blob in blobs:
+                    writers[shard].write(blob)
+                    ids[names[shard]].append(S.deserialize_record(blob)[0]["id"])
+                    written += 1
     finally:
         for w in writers:
             w.close()

@@ -529,16 +529,27 @@ class ArrayRecordSource(Source):
 
     def __getitem__(self, index):
         header, gt_bytes, lq_bytes = deserialize_record(self.source[index])
-        name = header["id"]
-        rec = {"id": name, "gt": decode_image(gt_bytes, min_size=self.min_size, name=name)}
+        name = header["id"] + (f" tile {header['tile']}" if header.get("tile") else "")
+        rec = {"id": header["id"],
+               "gt": _decode_packed(gt_bytes, header.get("gt_raw_shape"), self.min_size, name)}
         if lq_bytes:
-            rec["lq"] = decode_image(lq_bytes, name=name + " (LQ)")
+            rec["lq"] = _decode_packed(lq_bytes, header.get("lq_raw_shape"), 0, name + " (LQ)")
             if rec["lq"].shape != rec["gt"].shape:
                 raise _imageio().ImageReadError(f"{name}: LQ size != GT size")
         for key in ("caption", "degradation", "label"):
             if header.get(key):
                 rec[key] = header[key]
         return rec
+
+
+def _decode_packed(data: bytes, raw_shape, min_size: int, name: str) -> np.ndarray:
+    if raw_shape is None:
+        return decode_image(data, min_size=min_size, name=name)
+    try:
+        arr = np.frombuffer(data, np.uint8).reshape(raw_shape)
+    except ValueError as e:
+        raise _imageio().ImageReadError(f"{name}: corrupt raw record ({e})") from None
+    return _array_to_float(arr, min_size, name)
 
 
 # --------------------------------------------------------------------------- helpers for the pipeline
