@@ -1,0 +1,92 @@
+"""Wild-IR `random_degrade` (port of the official deg_util.random_degrade)."""
+
+import collections
+
+import numpy as np
+import pytest
+import skimage.data
+
+from daclip_jax.data import wild
+
+
+def photo():
+    img = skimage.data.astronaut()[::2, ::2][64:192, 64:192]
+    return (img / 255.0).astype(np.float32)
+
+
+def test_random_degrade_shape_words_and_determinism():
+    x = photo()
+    counts = collections.Counter()
+    r = np.random.default_rng(0)
+    for _ in range(60):
+        y, words = wild.random_degrade(x, r)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert y.min() >= 0 and y.max() <= 1
+        np.testing.assert_array_equal(y * 255, np.round(y * 255))
+        assert words and len(set(words)) == len(words)
+        assert set(words) <= set(wild.WORDS)
+        counts.update(words)
+    # Every word shows up; blur (p .8 per blur stage, plus resizing) is the most common.
+    assert set(counts) == set(wild.WORDS)
+    assert counts["blur"] == max(counts.values())
+    a, wa = wild.random_degrade(x, np.random.default_rng(5))
+    b, wb = wild.random_degrade(x, np.random.default_rng(5))
+    c, _ = wild.random_degrade(x, np.random.default_rng(6))
+    assert a.tobytes() == b.tobytes() and wa == wb
+    assert a.tobytes() != c.tobytes()
+
+
+def test_odd_sizes_keep_resolution():
+    x = photo()[:101, :77]
+    r = np.random.default_rng(1)
+    for _ in range(10):
+        y, _ = wild.random_degrade(x, r)
+        assert y.shape == x.shape
+
+
+@pytest.mark.parametrize("k", [5, 7, 9, 13, 19])
+def test_kernels_normalised(k):
+    g = np.random.default_rng(k)
+    for _ in range(30):
+        kern, kind = wild.mixed_kernel(g, k, (0.2, 2.2))
+        assert kern.ndim == 2 and kern.shape[0] == kern.shape[1] and kern.shape[0] % 2 == 1
+        assert abs(kern.sum() - 1) < 1e-5 and kern.min() >= 0, kind
+    s = wild.sinc_kernel(g, k)
+    assert abs(s.sum() - 1) < 1e-5 and s.min() < 0          # sinc rings
+    assert wild.line_kernel(g, 19).shape == (9, 9)          # large line kernels shrink by 10
+    assert abs(wild.defocus_kernel(k).sum() - 1) < 1e-6
+
+
+def test_filter2d_is_reflect101_correlation():
+    import scipy.ndimage
+    x = photo()[:50, :60]
+    k = np.random.default_rng(0).uniform(size=(7, 7)).astype(np.float32)
+    k /= k.sum()
+    ref = np.stack([scipy.ndimage.correlate(x[..., c], k, mode="mirror") for c in range(3)], -1)
+    np.testing.assert_allclose(wild.filter2d(x, k), ref, atol=1e-5)
+
+
+def test_psf_option_dropped_and_probabilities_renormalised():
+    assert "psf" not in wild.KERNEL_LIST
+    assert abs(wild.KERNEL_PROB.sum() - 1) < 1e-12
+    np.testing.assert_allclose(wild.KERNEL_PROB[0] / wild.KERNEL_PROB[1], 0.35 / 0.2)
+
+
+def test_wiener_deblur_inverts_blur():
+    x = photo()
+    g = np.random.default_rng(3)
+    k = wild.gaussian_kernel(g, 5, (1.0, 1.01), True)
+    from daclip_jax.data.degradations._common import convolve_reflect
+    blurred = convolve_reflect(x, k)
+    sharp = wild.wiener_deblur(blurred, k)
+    err = lambda a: np.abs(a - x)[8:-8, 8:-8].mean()
+    assert err(sharp) < err(blurred)
+
+
+def test_noise_and_jpeg_stages_quantise():
+    x = photo()
+    g = np.random.default_rng(4)
+    y = wild.random_noise(g, x)
+    np.testing.assert_array_equal(y * 255, np.round(y * 255))
+    z = wild.random_jpeg(g, x, (60, 95))
+    assert z.shape == x.shape and np.abs(z - x).mean() < 0.05
