@@ -144,6 +144,14 @@ def put(tree, shardings):
     return jax.tree.map(one, tree, shardings)
 
 
+def fetch(tree):
+    """Global arrays -> full numpy arrays on every process (an all-gather across hosts)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
 # ----------------------------------------------------------------------------- rules
 
 @dataclasses.dataclass(frozen=True)

@@ -135,3 +135,36 @@ def main(argv):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main(sys.argv)
+
+
+_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "coins", "horse",
+            "brick", "grass", "gravel", "cell", "hubble_deep_field", "immunohistochemistry",
+            "retina", "colorwheel")
+
+
+def make_image_folder(path, n: int = 16, size: int = 48) -> tuple[str, str]:
+    """`n` small PNGs cut from scikit-image's bundled photos + a captions.json
+    ({file name: caption}); returns (folder, caption file)."""
+    from PIL import Image
+    from skimage import data as skdata
+    os.makedirs(path, exist_ok=True)
+    captions = {}
+    for i in range(n):
+        name = _SKIMAGE[i % len(_SKIMAGE)]
+        img = np.asarray(getattr(skdata, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        img = img[..., :3]
+        if img.dtype != np.uint8:
+            img = (np.clip(img / max(img.max(), 1), 0, 1) * 255).astype(np.uint8)
+        h, w = img.shape[:2]
+        # a different crop per copy so repeated photos are different images
+        j = i // len(_SKIMAGE)
+        crop = img[j * h // 8: h - (3 - j % 4) * h // 16, j * w // 8: w - (3 - j % 4) * w // 16]
+        Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC).save(
+            os.path.join(path, f"{i:03d}_{name}.png"))
+        captions[f"{i:03d}_{name}.png"] = f"a photo of {name.replace('_', ' ')} number {i}"
+    cap = os.path.join(os.path.dirname(os.path.abspath(path)), "captions.json")
+    with open(cap, "w") as f:
+        json.dump(captions, f)
+    return path, cap

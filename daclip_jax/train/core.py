@@ -54,6 +54,10 @@ class Task(abc.ABC):
     def loss(self, model: nnx.Module, batch: dict, rng) -> tuple[jax.Array, dict]:
         """Scalar loss on the (global) batch and a dict of scalar metrics."""
 
+    def project(self, params):
+        """Constraint applied to the trainable state after every update (default: none)."""
+        return params
+
     def evaluate(self, model: nnx.Module, batches: Iterable[dict], mesh) -> tuple[dict, dict]:
         """Validation: ``(scalars, images)``; batches are global jax arrays."""
         return {}, {}
@@ -78,11 +82,10 @@ class Task(abc.ABC):
 
 def to_global(batch: dict, mesh, keys: Iterable[str] | None = None) -> dict:
     """Per-process numpy batch → global jax arrays sharded along ('data', 'fsdp')."""
+    from daclip_jax.data.global_batch import to_global as _to_global
     if keys:
         batch = {k: batch[k] for k in keys}
-    return {k: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, np.ndim(v)),
-                                                      np.asarray(v))
-            for k, v in batch.items()}
+    return _to_global(batch, mesh, parallel.P(parallel.BATCH_AXES))
 
 
 class _Preemption:
@@ -153,7 +156,8 @@ class Trainer:
         self.abstract_state = checkpointing.abstract_like(shape, self.shardings)
 
         step_fn = make_train_step(self.graphdef, task.loss, self.tx, self.schedule,
-                                  accum_steps=int(tc.get("accum_steps", 1)), ema_cfg=self.ema_cfg)
+                                  accum_steps=int(tc.get("accum_steps", 1)), ema_cfg=self.ema_cfg,
+                                  project=task.project)
         rep = parallel.replicated(self.mesh)
         frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
         self._step = jax.jit(step_fn, in_shardings=(self.shardings, frozen_sh, None),
@@ -176,6 +180,8 @@ class Trainer:
     # ------------------------------------------------------------------ resume
     def _resume(self, resume: str | int | None) -> None:
         resume = "latest" if resume is None else str(resume)
+        if resume == "skip":  # the caller restores what it needs (eval)
+            return
         latest = self.ckpt.latest_step()
         if resume == "none":
             if latest is not None:
@@ -190,6 +196,11 @@ class Trainer:
         log.info("resumed from step %d (%s)", step, self.ckpt.directory)
         if parallel.is_main_process():
             print(f"resumed from checkpoint {step} in {self.ckpt.directory}", flush=True)
+
+    def load(self, step: int | None = None) -> int:
+        """Restore the train state of checkpoint ``step`` (latest if None), not the data."""
+        self.state, _ = self.ckpt.restore(step, self.abstract_state)
+        return int(jax.device_get(self.state.step))
 
     # ------------------------------------------------------------------ pieces
     def model(self, use_ema: bool = False) -> nnx.Module:
@@ -284,13 +295,16 @@ class Trainer:
             self.writer.scalars(step, dict(scalars, **rates))
 
     def export(self) -> str:
-        path = os.path.join(self.workdir, "model")
-        use_ema = self.state.ema is not None
+        """``<workdir>/model`` (final weights) and, with an EMA, ``<workdir>/model_ema``:
+        daclip-jax model dirs that ``classify`` / ``restore`` / ``load_*`` read directly."""
         rep = parallel.replicated(self.mesh)
-        params = jax.jit(lambda p: p, out_shardings=rep)(
-            self.state.ema if use_ema else self.state.params)
-        frozen = jax.jit(lambda p: p, out_shardings=rep)(self.frozen)
-        self.task.export(nnx.merge(self.graphdef, params, frozen), path)
+        gather = jax.jit(lambda p: p, out_shardings=rep)
+        frozen = gather(self.frozen)
+        path = os.path.join(self.workdir, "model")
+        self.task.export(nnx.merge(self.graphdef, gather(self.state.params), frozen), path)
+        if self.state.ema is not None:
+            self.task.export(nnx.merge(self.graphdef, gather(self.state.ema), frozen),
+                             os.path.join(self.workdir, "model_ema"))
         return path
 
     def close(self) -> None:

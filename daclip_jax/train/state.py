@@ -44,7 +44,8 @@ def _microbatches(batch, n: int):
 
 
 def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, accum_steps: int = 1, ema_cfg=None):
+                    schedule: optax.Schedule, *, accum_steps: int = 1, ema_cfg=None,
+                    project: Callable | None = None):
     """Return ``step(state, frozen, batch) -> (state, metrics)``, a pure function.
 
     ``loss_fn(model, batch, rng) -> (loss, metrics)`` sees the merged nnx model. The
@@ -52,6 +53,8 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
     sees every example of every device without a hand-written gather).
     Non-finite loss or gradient norm: the update is skipped (params, moments and EMA
     stay as they were) and ``metrics['nonfinite']`` is 1 so the host can stop the run.
+    ``project(params) -> params`` runs after each update (e.g. open_clip's clamp of
+    ``logit_scale`` to [0, ln 100]).
     """
 
     def model_loss(params, frozen, batch, rng):
@@ -84,6 +87,8 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if project is not None:
+            params = project(params)
         ema = state.ema
         if ema is not None:
             ema = ema_update(ema, params, state.step, ema_cfg)
