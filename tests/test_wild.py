@@ -90,3 +90,31 @@ def test_noise_and_jpeg_stages_quantise():
     np.testing.assert_array_equal(y * 255, np.round(y * 255))
     z = wild.random_jpeg(g, x, (60, 95))
     assert z.shape == x.shape and np.abs(z - x).mean() < 0.05
+
+
+def test_poisson_sampler_moments():
+    g = np.random.default_rng(0)
+    for lam in (0.5, 8.0, 49.0, 51.0, 200.0):
+        x = wild._poisson(g, np.full(200_000, lam, np.float32))
+        assert np.all(x == np.round(x)) and x.min() >= 0
+        assert abs(x.mean() - lam) < 0.02 * lam + 0.01
+        assert abs(x.var() - lam) < 0.03 * lam + 0.01
+
+
+def test_cv2_resize_semantics():
+    # Known cv2.resize results on a ramp: half-pixel centres, replicated border, no antialiasing.
+    r = np.tile(np.arange(8, dtype=np.float32)[None, :, None], (2, 1, 3))
+    np.testing.assert_allclose(wild.cv2_resize(r, (2, 4), "linear")[0, :, 0], [0.5, 2.5, 4.5, 6.5])
+    np.testing.assert_allclose(wild.cv2_resize(r, (2, 4), "area")[0, :, 0], [0.5, 2.5, 4.5, 6.5])
+    up = wild.cv2_resize(r, (2, 16), "linear")[0, :, 0]
+    np.testing.assert_allclose(up[:4], [0, 0.25, 0.75, 1.25])
+    assert up[-1] == 7
+    np.testing.assert_allclose(wild.cv2_resize(r, (2, 16), "area")[0, :4, 0], [0, 0, 1, 1])
+    x = photo()
+    for mode in ("linear", "cubic", "area"):
+        for size in ((100, 90), (183, 183), (300, 257)):
+            y = wild.cv2_resize(x, size, mode)
+            assert y.shape == size + (3,)
+            assert abs(y.mean() - x.mean()) < 0.01
+            m = wild.resize_matrix(x.shape[0], size[0], mode if mode != "area" or size[0] <= 128 else "area_up")
+            np.testing.assert_allclose(np.asarray(m.sum(1)).ravel(), 1, atol=1e-5)

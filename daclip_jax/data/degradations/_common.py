@@ -1,5 +1,7 @@
 """Small numerical helpers shared by the degradation types (host numpy/scipy/PIL, float32)."""
 
+import functools
+
 import numpy as np
 import scipy.fft
 import scipy.ndimage
@@ -37,6 +39,14 @@ def gaussian_blur(x, sigma, mode="reflect"):
     return scipy.ndimage.gaussian_filter(x, sig, mode=mode, truncate=3.0).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
+def _dft_rows(n_fft, n_taps, half=False):
+    """(n_freq, n_taps) DFT matrix: the FFT of a short zero-padded signal as a small matmul."""
+    n_freq = n_fft // 2 + 1 if half else n_fft
+    u = np.arange(n_freq)[:, None]
+    return np.exp(-2j * np.pi * u * np.arange(n_taps)[None, :] / n_fft).astype(np.complex64)
+
+
 def convolve_reflect(img, kernel):
     """Convolve HxWxC (or HxW) with a small 2D kernel, reflect (101) padding, via FFT.
 
@@ -46,18 +56,18 @@ def convolve_reflect(img, kernel):
     kh, kw = kernel.shape
     ph, pw = kh // 2, kw // 2
     squeeze = img.ndim == 2
-    x = img[..., None] if squeeze else img
-    h, w = x.shape[:2]
+    x = img[None] if squeeze else img.transpose(2, 0, 1)
+    c, h, w = x.shape
     # Channel-first and contiguous: pocketfft over the last two axes is ~5x faster than over (0, 1).
-    xp = np.ascontiguousarray(np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode="reflect").transpose(2, 0, 1))
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), mode="reflect")
     fh = scipy.fft.next_fast_len(xp.shape[1], real=True)
     fw = scipy.fft.next_fast_len(xp.shape[2], real=True)
     fx = scipy.fft.rfft2(xp, s=(fh, fw))
-    fk = scipy.fft.rfft2(kernel.astype(np.float32), s=(fh, fw))
+    fk = _dft_rows(fh, kh) @ kernel.astype(np.complex64) @ _dft_rows(fw, kw, half=True).T
     y = scipy.fft.irfft2(fx * fk, s=(fh, fw))
     # Full linear convolution of the padded image; the "valid" window starts at the kernel size - 1.
-    y = y[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].transpose(1, 2, 0).astype(np.float32)
-    return y[..., 0] if squeeze else y
+    y = y[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
+    return y[0].astype(np.float32) if squeeze else y.transpose(1, 2, 0).astype(np.float32)
 
 
 def convolve_circular(x, kernel):
