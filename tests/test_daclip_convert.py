@@ -127,8 +127,9 @@ def test_pickle_payload_is_refused_and_not_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_clip():
-    return CLIP(TINY, rngs=nnx.Rngs(3))
+def tiny_clip(golden_dir):
+    # from the golden weights: a fresh random init spends ~10 s compiling eager initialisers
+    return dc.daclip_from_state_dict(golden_sd(golden_dir), TINY).clip
 
 
 @pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
@@ -152,8 +153,8 @@ def test_load_daclip_from_open_clip_starts_with_zero_control(tiny_clip, tmp_path
     oc.export_open_clip(tiny_clip, path)
     model = dc.load_daclip(path)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    frozen = model.encode_image(x)
-    content, degra = model.encode_image(x, control=True)
+    frozen = nnx.jit(lambda m, x: m.encode_image(x))(model, x)
+    content, degra = nnx.jit(lambda m, x: m.encode_image(x, control=True))(model, x)
     np.testing.assert_array_equal(np.asarray(content), np.asarray(frozen))
     # controller = copy of the frozen tower, so degradation features equal them at init
     np.testing.assert_allclose(np.asarray(degra), np.asarray(frozen), atol=1e-6)

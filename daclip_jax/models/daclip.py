@@ -61,8 +61,9 @@ class DaCLIP(nnx.Module):
     def __init__(self, cfg: CLIPConfig, *, rngs: nnx.Rngs, clip: CLIP | None = None):
         self.cfg = cfg
         self.clip = clip if clip is not None else CLIP(cfg, rngs=rngs)
-        self.visual_control = ControlVisionTransformer(cfg, rngs=rngs)
-        # the official model deep-copies the frozen tower into the controller at build time
+        # the official model deep-copies the frozen tower into the controller at build time:
+        # build it abstractly (no random init to throw away) and copy every value in
+        self.visual_control = nnx.eval_shape(lambda: ControlVisionTransformer(cfg, rngs=nnx.Rngs(0)))
         init_controller_from_clip(self)
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
@@ -118,7 +119,8 @@ TRAINABLE = _is_trainable
 
 
 def init_controller_from_clip(model: DaCLIP, *, official_init_bug: bool = False) -> None:
-    """Controller ← copy of the frozen image tower; zero_modules ← 0.
+    """Controller ← copy of the frozen image tower; zero_modules ← 0. Every controller
+    parameter is (re)written, so the controller may be abstract (nnx.eval_shape) before.
 
     official_init_bug=True reproduces the official `initial_controller()`, which zips
     clip.visual's parameters against the (longer) controller list: the frozen
@@ -126,26 +128,25 @@ def init_controller_from_clip(model: DaCLIP, *, official_init_bug: bool = False)
     copied into zero_modules[0].bias, and the controller's ln_post keeps its build-time value
     (LayerNorm default 1/0). So the official training did NOT start with zero control.
     """
-    frozen = model.clip.visual
-    ctrl = model.visual_control
-    copy = lambda x: jnp.array(x, copy=True)  # own buffers: trainers donate the controller
-    for name in ("conv1", "ln_pre", "ln_post"):
-        nnx.update(getattr(ctrl, name), jax.tree.map(copy, nnx.state(getattr(frozen, name))))
-    for name in ("class_embedding", "positional_embedding", "proj"):
-        getattr(ctrl, name)[...] = copy(getattr(frozen, name)[...])
-    nnx.update(ctrl.transformer.transformer,
-               jax.tree.map(copy, nnx.state(frozen.transformer, nnx.Param)))
-    for zm in ctrl.transformer.zero_modules:
-        zm.kernel[...] = jnp.zeros_like(zm.kernel[...])
-        zm.bias[...] = jnp.zeros_like(zm.bias[...])
+    frozen = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model.clip.visual, nnx.Param))}
+    new = {}
+    for path, var in nnx.to_flat_state(nnx.state(model.visual_control, nnx.Param)):
+        shape = var.get_value().shape
+        if path[:2] == ("transformer", "zero_modules"):
+            new[path] = jnp.zeros(shape, jnp.float32)
+        else:  # controller transformer.transformer.* <- frozen transformer.*
+            src = path[1:] if path[0] == "transformer" else path
+            # own buffers (copy=True): trainers donate the controller, never the frozen tower
+            new[path] = jnp.array(frozen[src], jnp.float32, copy=True)
     if official_init_bug:
         w = model.cfg.vision_width
-        ln_w = frozen.ln_post.scale[...]
+        ln_w, ln_b = frozen[("ln_post", "scale")], frozen[("ln_post", "bias")]
         # torch weight (out, in) with every row = ln_w  →  flax kernel (in, out) = ln_w[:, None]
-        ctrl.transformer.zero_modules[0].kernel[...] = jnp.broadcast_to(ln_w[:, None], (w, w))
-        ctrl.transformer.zero_modules[0].bias[...] = copy(frozen.ln_post.bias[...])
-        ctrl.ln_post.scale[...] = jnp.ones((w,), jnp.float32)
-        ctrl.ln_post.bias[...] = jnp.zeros((w,), jnp.float32)
+        new[("transformer", "zero_modules", 0, "kernel")] = jnp.broadcast_to(ln_w[:, None], (w, w))
+        new[("transformer", "zero_modules", 0, "bias")] = jnp.array(ln_b, copy=True)
+        new[("ln_post", "scale")] = jnp.ones((w,), jnp.float32)
+        new[("ln_post", "bias")] = jnp.zeros((w,), jnp.float32)
+    nnx.update(model.visual_control, nnx.from_flat_state(new))
 
 
 def param_counts(model: DaCLIP) -> dict[str, int]:
