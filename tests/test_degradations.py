@@ -394,3 +394,20 @@ def test_inpainting_through_degrade_keeps_gt_and_mask():
     y, meta = D.degrade(x, ["uncompleted", "noisy", "hazy"], rng(4))
     assert meta["kinds"][-1] == "uncompleted"
     assert np.all(y[meta["mask"] == 1] == 1.0)
+
+
+def test_raindrop_vectorised_composite_matches_painter():
+    from daclip_jax.data.degradations.raindrop import render, sample_drops
+    x = photo()[:96, :80]
+    bg = x[::-1].copy()
+    drops = sample_drops(rng(3), x.shape[:2], 0.35)
+    n = len(drops["r"])
+    assert n > 5
+    out, alpha = render(x, bg, drops)
+    ref = x.copy()
+    for i in range(n):
+        one = {k: v[i:i + 1] for k, v in drops.items()}
+        c_i, a_i = render(np.zeros_like(x), bg, one)        # c_i = a_i * content_i
+        ref = c_i + (1 - a_i[..., None]) * ref
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+    assert alpha.max() <= 1 and alpha.min() >= 0

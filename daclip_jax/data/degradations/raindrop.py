@@ -1,14 +1,19 @@
 """raindrop: adherent water drops on the lens/glass, I = alpha * drop + (1 - alpha) * B.
 
 After Qian et al. (AttentiveGAN, CVPR 2018) and the ROLE raindrop generator: each drop shows the
-surrounding background zoomed out and upside down (refraction), out of focus, with a darker rim.
+surrounding background zoomed out and upside down (refraction), out of focus, with a darker rim;
+later drops lie on top of earlier ones.
 Deviations, deliberate:
 - The spec's count (5-40) and radius (3-20 px) ranges cannot reach its 40 % coverage at s = 1, so
-  radii keep their log-uniform 3-20 px range and drops are added until the target coverage
-  (0.03 + 0.37 s) is met; the last drop shrinks so coverage does not overshoot.
+  radii keep their log-uniform 3-20 px range and drops are added until the expected coverage of
+  randomly placed drops, 1 - exp(-sum(area) / HW), meets the target 0.03 + 0.37 s (the last drop
+  shrinks to hit it).
 - The soft edge is an analytic smoothstep over about 0.4 r (the 10-90 % width of a Gaussian blur
   with sigma 0.15 r) rather than a Gaussian blur of the mask, so alpha is exactly 0 outside a drop
   and those pixels stay bit-identical.
+All drops are rendered at once over the concatenated pixels of their bounding boxes, and
+composited in drop order with per-pixel suffix products (one stable sort), ~10x faster than a
+Python loop over drops.
 """
 
 import math
@@ -17,39 +22,109 @@ import numpy as np
 
 from ._common import gaussian_blur, px
 
-MAX_DROPS = 400
+MAX_DROPS = 1000
 
 
-def _drop_alpha(rows, cols, cy, cx, r, aspect, teardrop):
-    """Alpha (smoothstep soft edge) and normalised radius rho; rows (n,1), cols (1,m) broadcast."""
-    u = (cols - cx) / r
-    v = (rows - cy) / (r * aspect)
-    if teardrop:
-        # Narrower top, round bottom: the top half tapers to half width.
-        u = u / np.where(v < 0, np.maximum(1.0 + 0.5 * v, 0.5), 1.0)
+def sample_drops(g, shape_hw, target):
+    """Drop geometry: arrays cy, cx, r, aspect, teardrop, zoom, gain, rim."""
+    h, w = shape_hw
+    scale = px(1.0, shape_hw)
+    goal = -math.log(1.0 - min(target, 0.95)) * h * w       # sum of areas giving that coverage
+    drops, total = [], 0.0
+    while total < goal and len(drops) < MAX_DROPS:
+        r = math.exp(g.uniform(math.log(3.0), math.log(20.0))) * scale
+        teardrop = g.uniform() < 0.5
+        aspect = g.uniform(1.0, 1.5) if teardrop else 1.0
+        cy, cx = g.uniform(0, h), g.uniform(0, w)
+        shape_area = math.pi * aspect * (0.9 if teardrop else 1.0)      # area / r^2
+        # Fraction of the drop's box inside the image (drops may hang over the border).
+        ry, rx = r * aspect, r
+        inside = ((min(cy + ry, h) - max(cy - ry, 0)) / (2 * ry)) * ((min(cx + rx, w) - max(cx - rx, 0)) / (2 * rx))
+        area = shape_area * r * r * max(inside, 0.0)
+        if area <= 0:
+            continue
+        if total + area > goal:
+            r *= math.sqrt((goal - total) / area)
+            area = goal - total
+            if r < 0.5 * scale:
+                break
+        total += area
+        drops.append((cy, cx, r, aspect, float(teardrop), g.uniform(1.5, 3.0),
+                      g.uniform(0.9, 1.1), g.uniform(0.1, 0.4)))
+    if not drops:
+        return {k: np.zeros(0) for k in ("cy", "cx", "r", "aspect", "teardrop", "zoom", "gain", "rim")}
+    a = np.asarray(drops, np.float64)
+    return dict(cy=a[:, 0], cx=a[:, 1], r=a[:, 2], aspect=a[:, 3], teardrop=a[:, 4] > 0,
+                zoom=a[:, 5], gain=a[:, 6], rim=a[:, 7])
+
+
+def render(clean, background, drops):
+    """Composite the drops over `clean`; returns (out, alpha_total)."""
+    h, w, _ = clean.shape
+    cy, cx, r, aspect = drops["cy"], drops["cx"], drops["r"], drops["aspect"]
+    width = np.maximum(0.4 * r, 1.0)
+    ext = r * aspect + width
+    y0 = np.clip(np.floor(cy - ext), 0, h).astype(np.int64)
+    y1 = np.clip(np.ceil(cy + ext) + 1, 0, h).astype(np.int64)
+    x0 = np.clip(np.floor(cx - ext), 0, w).astype(np.int64)
+    x1 = np.clip(np.ceil(cx + ext) + 1, 0, w).astype(np.int64)
+    bh, bw = np.maximum(y1 - y0, 0), np.maximum(x1 - x0, 0)
+    sizes = bh * bw
+    n = int(sizes.sum())
+    alpha_total = np.zeros((h, w), np.float32)
+    if n == 0:
+        return clean.copy(), alpha_total
+    # One entry per (drop, pixel of its box), drops in order.
+    d = np.repeat(np.arange(len(r)), sizes)
+    local = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    row = y0[d] + local // bw[d]
+    col = x0[d] + local % bw[d]
+    rr, ra = r[d], aspect[d]
+    u = (col - cx[d]) / rr
+    v = (row - cy[d]) / (rr * ra)
+    # Teardrop: the top half tapers to half width.
+    taper = np.where(drops["teardrop"][d] & (v < 0), np.maximum(1.0 + 0.5 * v, 0.5), 1.0)
+    u = u / taper
     rho = np.sqrt(u * u + v * v)
-    width = max(0.4 * r, 1.0)
-    a = np.clip((1.0 - rho) * (r / width) + 0.5, 0.0, 1.0)
+    a = np.clip((1.0 - rho) * (rr / width[d]) + 0.5, 0.0, 1.0)
     a = a * a * (3.0 - 2.0 * a)
-    # Drop the far tail so alpha_total (float32) is nonzero wherever a pixel changed.
-    a[a < 1e-3] = 0.0
-    return a.astype(np.float32), rho
-
-
-def _bilinear(flat, h, w, r, c):
-    """Sample an (h*w, 3) image at float coords (reflected into range), bilinear."""
-    r = np.abs(r)
-    c = np.abs(c)
-    r = (h - 1) - np.abs((h - 1) - np.mod(r, 2 * (h - 1)))
-    c = (w - 1) - np.abs((w - 1) - np.mod(c, 2 * (w - 1)))
-    r0 = np.minimum(r.astype(np.int64), h - 2)
-    c0 = np.minimum(c.astype(np.int64), w - 2)
-    fr = (r - r0)[..., None].astype(np.float32)
-    fc = (c - c0)[..., None].astype(np.float32)
+    keep = a >= 1e-3                    # drop the far tail: alpha_total > 0 wherever x changes
+    d, row, col, rho, a = d[keep], row[keep], col[keep], rho[keep], a[keep]
+    # Refraction: a wider field of view, shrunk and flipped upside down (reflected at borders).
+    z = drops["zoom"][d]
+    sr = cy[d] - z * (row - cy[d])
+    sc = cx[d] + z * (col - cx[d])
+    sr = (h - 1) - np.abs((h - 1) - np.mod(np.abs(sr), 2 * (h - 1)))
+    sc = (w - 1) - np.abs((w - 1) - np.mod(np.abs(sc), 2 * (w - 1)))
+    r0 = np.minimum(sr.astype(np.int64), h - 2)
+    c0 = np.minimum(sc.astype(np.int64), w - 2)
+    fr = (sr - r0)[:, None].astype(np.float32)
+    fc = (sc - c0)[:, None].astype(np.float32)
+    flat = background.reshape(h * w, 3)
     i = r0 * w + c0
-    top = flat[i] * (1 - fc) + flat[i + 1] * fc
-    bot = flat[i + w] * (1 - fc) + flat[i + w + 1] * fc
-    return top * (1 - fr) + bot * fr
+    content = ((flat[i] * (1 - fc) + flat[i + 1] * fc) * (1 - fr)
+               + (flat[i + w] * (1 - fc) + flat[i + w + 1] * fc) * fr)
+    content *= (drops["gain"][d] * (1.0 - drops["rim"][d] * np.minimum(rho, 1.0) ** 4))[:, None].astype(np.float32)
+    content = np.clip(content, 0.0, 1.0)
+    # Painter's order per pixel: weight_i = a_i * prod_{later j on that pixel} (1 - a_j).
+    pix = row * w + col
+    order = np.argsort(pix, kind="stable")          # by pixel, drop order kept within a pixel
+    pix, a, content = pix[order], a[order], content[order]
+    logt = np.log1p(-np.minimum(a, 1.0 - 1e-7))
+    csum = np.cumsum(logt)
+    total = np.bincount(pix, weights=logt, minlength=h * w)
+    first = np.r_[True, pix[1:] != pix[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(pix)), 0))
+    before = csum[start] - logt[start]              # cumsum up to the pixel's first entry
+    later = total[pix] - (csum - before)
+    wgt = a * np.exp(later)
+    trans = np.exp(total).astype(np.float32)        # exactly 1 where no drop touches
+    out = clean.reshape(h * w, 3) * trans[:, None]
+    for c in range(3):
+        out[:, c] += np.bincount(pix, weights=wgt * content[:, c], minlength=h * w).astype(np.float32)
+    alpha_total = (1.0 - trans).reshape(h, w)
+    # Round-off can push a composite a hair above 1; untouched pixels are unchanged by the clip.
+    return np.clip(out.reshape(h, w, 3), 0.0, 1.0).astype(np.float32), alpha_total
 
 
 def sample_params(rng, severity):
@@ -61,53 +136,13 @@ def sample_params(rng, severity):
 
 
 def apply(clean, rng, target_coverage, background_sigma_px, seed):
-    """Render drops; the geometry comes from its own generator seeded by `seed` (a sampled
-    parameter), so a test can pin it while the rest of the call consumes `rng` as usual."""
+    """The geometry comes from its own generator seeded by `seed` (a sampled parameter), so a
+    test can pin it while the rest of the call consumes `rng` as usual."""
     del rng
-    g = np.random.default_rng(seed)
-    h, w, _ = clean.shape
-    scale = px(1.0, clean.shape)
-    background = gaussian_blur(clean, background_sigma_px * scale)
-    flat = background.reshape(h * w, 3)
-    out = clean.copy()
-    alpha_total = np.zeros((h, w), np.float32)
-    covered, goal = 0.0, target_coverage * h * w
-    drops = []
-    while covered < goal * 0.98 and len(drops) < MAX_DROPS:
-        r = math.exp(g.uniform(math.log(3.0), math.log(20.0))) * scale
-        teardrop = bool(g.uniform() < 0.5)
-        aspect = g.uniform(1.0, 1.5) if teardrop else 1.0
-        # Approximate area of the shape (a teardrop loses about a tenth to its taper).
-        area = math.pi * r * r * aspect * (0.9 if teardrop else 1.0)
-        if covered + 0.7 * area > goal * 1.1:
-            r *= math.sqrt(max(goal - covered, 0.0) / (0.7 * area))
-            if r < 1.0 * scale:
-                break
-        cy, cx = g.uniform(0, h), g.uniform(0, w)
-        zoom = g.uniform(1.5, 3.0)
-        gain = g.uniform(0.9, 1.1)
-        rim = g.uniform(0.1, 0.4)
-        ext = r * aspect + max(0.4 * r, 1.0)
-        y0, y1 = max(int(cy - ext), 0), min(int(math.ceil(cy + ext)) + 1, h)
-        x0, x1 = max(int(cx - ext), 0), min(int(math.ceil(cx + ext)) + 1, w)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        rows = np.arange(y0, y1, dtype=np.float32)[:, None]
-        cols = np.arange(x0, x1, dtype=np.float32)[None, :]
-        a, rho = _drop_alpha(rows, cols, cy, cx, r, aspect, teardrop)
-        # Refraction: a wider field of view, shrunk and flipped upside down.
-        src_r = np.broadcast_to(cy - zoom * (rows - cy), a.shape)
-        src_c = np.broadcast_to(cx + zoom * (cols - cx), a.shape)
-        content = _bilinear(flat, h, w, src_r, src_c)
-        content *= (gain * (1.0 - rim * np.minimum(rho, 1.0) ** 4))[..., None]
-        ai = a[..., None]
-        # alpha = 0 leaves a pixel bit-identical: x * 1 + 0 * c == x.
-        out[y0:y1, x0:x1] = ai * np.clip(content, 0, 1) + (1.0 - ai) * out[y0:y1, x0:x1]
-        at = alpha_total[y0:y1, x0:x1]
-        covered += float((a * (1.0 - at)).sum())
-        alpha_total[y0:y1, x0:x1] = 1.0 - (1.0 - at) * (1.0 - a)
-        drops.append((cy, cx, r))
-    return out, {"alpha": alpha_total, "n_drops": len(drops)}
+    drops = sample_drops(np.random.default_rng(seed), clean.shape[:2], target_coverage)
+    background = gaussian_blur(clean, background_sigma_px * px(1.0, clean.shape))
+    out, alpha = render(clean, background, drops)
+    return out, {"alpha": alpha, "n_drops": len(drops["r"])}
 
 
 def raindrop(clean, rng, severity, **overrides):
