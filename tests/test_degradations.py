@@ -411,3 +411,15 @@ def test_raindrop_vectorised_composite_matches_painter():
         ref = c_i + (1 - a_i[..., None]) * ref
     np.testing.assert_allclose(out, ref, atol=2e-5)
     assert alpha.max() <= 1 and alpha.min() >= 0
+
+
+def test_convolution_helpers():
+    import scipy.ndimage
+    from daclip_jax.data.degradations._common import convolve_circular, convolve_reflect
+    g = rng(0)
+    x = g.uniform(size=(40, 52, 3)).astype(np.float32)
+    k = g.uniform(size=(7, 9)).astype(np.float32)
+    ref = np.stack([scipy.ndimage.convolve(x[..., c], k, mode="mirror") for c in range(3)], -1)
+    np.testing.assert_allclose(convolve_reflect(x, k), ref, rtol=1e-5, atol=1e-5)
+    ref = scipy.ndimage.convolve(x[..., 0], k, mode="wrap")
+    np.testing.assert_allclose(convolve_circular(x[..., 0], k), ref, rtol=1e-5, atol=1e-5)

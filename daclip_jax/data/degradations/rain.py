@@ -36,12 +36,15 @@ def sample_params(rng, severity):
 def streak_layer(g, shape_hw, density, brightness, theta_deg, length_px, width_px):
     h, w = shape_hw
     u = g.uniform(size=(h, w)).astype(np.float32)
-    seeds = np.where(u < density, g.uniform(0.5, 1.0, (h, w)).astype(np.float32), 0.0)
+    # Given u < density, u / density is U(0, 1): one uniform field gives places and brightness.
+    seeds = np.where(u < density, 0.5 + 0.5 * u / density, 0.0).astype(np.float32)
     # theta is measured from vertical; the line kernel takes the angle from the x axis.
     kernel = line_kernel(length_px, math.radians(90.0 - theta_deg), width_sigma=width_px)
     layer = convolve_circular(seeds.astype(np.float32), kernel)
-    k = max(int(0.995 * layer.size) - 1, 0)
-    p995 = float(np.partition(layer.ravel(), k)[k])
+    # The 99.5th percentile from every 3rd pixel: as good an estimate at a third of the cost.
+    sub = layer.ravel()[::3]
+    k = max(int(0.995 * sub.size) - 1, 0)
+    p995 = float(np.partition(sub, k)[k])
     return np.clip(layer * (brightness / max(p995, 1e-8)), 0.0, 1.0)
 
 

@@ -58,9 +58,8 @@ def apply(clean, rng, target_coverage, classes, snow_color, veil, veil_t, seed):
         streak = px(g.uniform(0.0, 8.0), clean.shape) if g.uniform() < 0.5 else 0.0
         kernel = flake_kernel(radius, streak, fall_deg + g.uniform(-5, 5))
         u = g.uniform(size=(h, w)).astype(np.float32)
-        opacity = g.uniform(0.6, 1.0, (h, w)).astype(np.float32)
         layers.append(dict(class_=name, radius_px=radius, streak_px=streak, kernel=kernel,
-                           u=u, opacity=opacity, mass=float(kernel.sum())))
+                           u=u, mass=float(kernel.sum())))
     share = 1.0 / len(layers)
 
     def render(scale):
@@ -68,7 +67,8 @@ def apply(clean, rng, target_coverage, classes, snow_color, veil, veil_t, seed):
         for L in layers:
             # Expected mean of a sparse layer = density * E[opacity] * kernel mass.
             dens = scale * share * target_coverage / (0.8 * L["mass"])
-            seeds = np.where(L["u"] < dens, L["opacity"], 0.0).astype(np.float32)
+            # Given u < dens, u / dens is U(0, 1): the same field gives the flake opacity.
+            seeds = np.where(L["u"] < dens, 0.6 + 0.4 * L["u"] / dens, 0.0).astype(np.float32)
             keep *= 1.0 - np.clip(convolve_circular(seeds, L["kernel"]), 0.0, 1.0)
         return 1.0 - keep
 
