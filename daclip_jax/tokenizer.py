@@ -83,6 +83,8 @@ class Tokenizer:
             alternatives + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE)
         self._bpe = functools.lru_cache(maxsize=1 << 17)(self._bpe_uncached)
+        # captions and degradation prompts repeat a lot during training; ftfy dominates the cost
+        self._encode = functools.lru_cache(maxsize=1 << 16)(self._encode_uncached)
 
     # --- construction -----------------------------------------------------------------------
 
@@ -163,6 +165,9 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids of one text, without SOT/EOT."""
+        return list(self._encode(text))
+
+    def _encode_uncached(self, text: str) -> tuple[int, ...]:
         ids = []
         for token in self.pat.findall(_clean(text)):
             special = self._specials.get(token)
@@ -171,7 +176,7 @@ class Tokenizer:
                 continue
             token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
             ids.extend(self.encoder[piece] for piece in self._bpe(token))
-        return ids
+        return tuple(ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         text = "".join(self.decoder[int(i)] for i in ids)
@@ -187,7 +192,7 @@ class Tokenizer:
             texts = [texts]
         out = np.zeros((len(texts), context_length), np.int32)
         for i, text in enumerate(texts):
-            row = [self.sot_token_id, *self.encode(text), self.eot_token_id][:context_length]
+            row = [self.sot_token_id, *self._encode(text), self.eot_token_id][:context_length]
             row[-1] = self.eot_token_id
             out[i, :len(row)] = row
         return out

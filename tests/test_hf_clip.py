@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from daclip_jax.convert import open_clip as oc
 from daclip_jax.convert.hf_clip import config_from_hf, export_hf_clip, is_hf_clip_dir, load_hf_clip
 from daclip_jax.convert.torch_io import CheckpointError
 from daclip_jax.models.clip import CLIPConfig
+from daclip_jax.preprocess import preprocess
 from daclip_jax.tokenizer import tokenize
 
 torch = pytest.importorskip("torch")
@@ -102,6 +104,13 @@ def test_export_loads_in_transformers_with_same_embeddings(tmp_path, images):
     for t in ("a photo of a cat sitting on the sofa.", "motion-blurry, hazy and noisy"):
         row = tokenize(t)[0]
         assert hf_tok(t)["input_ids"] == row[: np.flatnonzero(row)[-1] + 1].tolist()
+    # and the written preprocessor config makes transformers' processor give our CLIP view
+    # (bit-exact where the centre crop has no half-pixel tie, which HF floors and torchvision rounds)
+    proc = transformers.CLIPImageProcessor.from_pretrained(tmp_path)
+    for shape in ((40, 40, 3), (50, 36, 3)):
+        u8 = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+        hf = proc(images=Image.fromarray(u8), return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_array_equal(hf, preprocess(u8, cfg.image_size))
 
 
 def test_config_checks():
