@@ -144,7 +144,9 @@ def _pil_array(im: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def _finish(a: np.ndarray, maxval: float, alpha: str) -> np.ndarray:
-    x = np.clip(a.astype(np.float32) / np.float32(maxval), 0.0, 1.0)
+    x = a.astype(np.float32) / np.float32(maxval)  # uint8: exactly the official uint8 / 255.
+    if a.dtype not in (np.uint8, np.uint16):  # 32-bit int and float sources may leave [0, 1]
+        x = np.clip(x, np.float32(0), np.float32(1))
     c = x.shape[-1]
     color, a_plane = (x[..., :1], None) if c == 1 else (x[..., :1], x[..., 1:2]) if c == 2 \
         else (x[..., :3], x[..., 3:4] if c >= 4 else None)
