@@ -23,6 +23,7 @@ from daclip_jax.models.clip import CLIP, CLIPConfig
 from daclip_jax.models.daclip import DaCLIP
 
 MODEL_KIND = "daclip"
+CLIP_KIND = "clip"
 
 
 def daclip_key_table(cfg: CLIPConfig):
@@ -154,6 +155,37 @@ def save_daclip(model: DaCLIP, path) -> None:
     save_model_dir(path, MODEL_KIND, model.cfg.to_dict(), _nest(_flat_params(model)))
 
 
+def save_clip(clip: CLIP, path) -> None:
+    """Our model dir (kind "clip"): a CLIP alone (e.g. imported open_clip / HF weights).
+    `load_daclip` turns it into a DA-CLIP with a fresh controller."""
+    from daclip_jax.model_io import save_model_dir
+
+    save_model_dir(path, CLIP_KIND, clip.cfg.to_dict(), _nest(_flat_params(clip)))
+
+
+def load_clip(path, cfg: CLIPConfig | None = None, **cfg_overrides) -> CLIP:
+    """The CLIP of any source `load_daclip` accepts (for a DA-CLIP: its frozen CLIP)."""
+    from daclip_jax.model_io import is_model_dir, load_model_dir
+
+    path = os.fspath(path)
+    if is_model_dir(path):
+        kind, config, params = load_model_dir(path)
+        if kind == CLIP_KIND:
+            ccfg = CLIPConfig.from_dict(config).replace(**cfg_overrides)
+            return restore_params(nnx.eval_shape(lambda: CLIP(ccfg, rngs=nnx.Rngs(0))), params,
+                                  source=path)
+    elif os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        from daclip_jax.convert.hf_clip import load_hf_clip
+
+        return load_hf_clip(path, **cfg_overrides)
+    elif os.path.isfile(path):
+        sd = oc.read_state_dict(path)
+        if not is_daclip_state_dict(strip_module_prefix(sd)) and oc.is_open_clip_state_dict(sd):
+            clip = oc.clip_from_state_dict(sd, cfg, source=path)
+            return _with_runtime(clip, CLIP, clip.cfg.replace(**cfg_overrides)) if cfg_overrides else clip
+    return load_daclip(path, cfg, **cfg_overrides).clip
+
+
 def _load_model_dir(path, cfg_overrides) -> DaCLIP:
     from daclip_jax.model_io import load_model_dir
 
@@ -161,7 +193,7 @@ def _load_model_dir(path, cfg_overrides) -> DaCLIP:
     cfg = CLIPConfig.from_dict(config).replace(**cfg_overrides)
     if kind == MODEL_KIND:
         return restore_params(_abstract(cfg), params, source=os.fspath(path))
-    if kind == "clip":  # a CLIP trained/converted by us: wrap it with a fresh controller
+    if kind == CLIP_KIND:  # a CLIP trained/converted by us: wrap it with a fresh controller
         clip = restore_params(nnx.eval_shape(lambda: CLIP(cfg, rngs=nnx.Rngs(0))), params,
                               source=os.fspath(path))
         return DaCLIP.from_clip(clip)
@@ -188,10 +220,7 @@ def load_daclip(path, cfg: CLIPConfig | None = None, **cfg_overrides) -> DaCLIP:
         if os.path.isfile(os.path.join(path, "config.json")):
             from daclip_jax.convert.hf_clip import load_hf_clip
 
-            clip = load_hf_clip(path)
-            if cfg_overrides:
-                clip = _with_runtime(clip, CLIP, clip.cfg.replace(**cfg_overrides))
-            return DaCLIP.from_clip(clip)
+            return DaCLIP.from_clip(load_hf_clip(path, **cfg_overrides))
         raise CheckpointError(f"{path}: directory is neither a daclip-jax model dir nor a "
                               "Hugging Face CLIP dir (config.json)")
     sd = oc.read_state_dict(path)
