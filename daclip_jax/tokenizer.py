@@ -82,9 +82,20 @@ class Tokenizer:
         self.pat = regex.compile(
             alternatives + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE)
+        self._make_caches()
+
+    def _make_caches(self):
         self._bpe = functools.lru_cache(maxsize=1 << 17)(self._bpe_uncached)
         # captions and degradation prompts repeat a lot during training; ftfy dominates the cost
         self._encode = functools.lru_cache(maxsize=1 << 16)(self._encode_uncached)
+
+    # picklable for data-loader worker processes: the caches are rebuilt, not sent
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_bpe", "_encode")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_caches()
 
     # --- construction -----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """tokenize == open_clip.tokenize on the golden strings; HF-layout vocabularies agree."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -46,8 +47,10 @@ def test_single_string_and_context_length():
     assert tokenize([]).shape == (0, 77)
 
 
-def test_default_tokenizer_is_cached():
+def test_default_tokenizer_is_cached_and_picklable():
     assert default_tokenizer() is default_tokenizer()
+    clone = pickle.loads(pickle.dumps(default_tokenizer()))
+    np.testing.assert_array_equal(clone(["a hazy photo", "noisy"]), tokenize(["a hazy photo", "noisy"]))
 
 
 def _write_hf_dir(d, tok: Tokenizer, *, as_tokenizer_json=False):
