@@ -423,3 +423,13 @@ def test_convolution_helpers():
     np.testing.assert_allclose(convolve_reflect(x, k), ref, rtol=1e-5, atol=1e-5)
     ref = scipy.ndimage.convolve(x[..., 0], k, mode="wrap")
     np.testing.assert_allclose(convolve_circular(x[..., 0], k), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (48, 80), (300, 200)])
+def test_every_type_any_size(shape):
+    g = rng(1)
+    x = g.uniform(size=shape + (3,)).astype(np.float32)
+    for kind in D.APPLY_ORDER:
+        for s in (0.0, 1.0):
+            y, _ = D.degrade(x, kind, g, severity=s)
+            assert y.shape == x.shape and np.isfinite(y).all()
