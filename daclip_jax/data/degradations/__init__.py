@@ -5,7 +5,10 @@ HxWx3 RGB in [0, 1]; ``params`` holds every sampled parameter plus ``params["map
 transmission, alpha, matte, kernel, mask...). ``overrides`` replace sampled parameters after
 sampling, so a test can pin one knob without changing how the RNG is consumed.
 ``degrade`` applies one or several types in physical formation order and quantises to 8 bit once.
-Recipes, ranges and severity mappings: shared/design/degradations.md.
+Recipes, ranges and severity mappings: shared/design/degradations.md; each module's docstring
+lists where and why it departs from them. Helpers inside a type module are imported by path
+(``from daclip_jax.data.degradations.raindrop import render``): the package attribute of the
+same name is the type function.
 """
 
 import numpy as np
@@ -25,7 +28,9 @@ from .shadow import shadowed
 from .snow import snowy
 
 __all__ = ["DEGRADATIONS", "APPLY_ORDER", "FUNCTIONS", "degrade", "sample_kinds", "ordered",
-           "label_text", "multi_hot", "KIND_PROBS", "MIXTURE_SEVERITY_SCALE"]
+           "label_text", "multi_hot", "KIND_PROBS", "MIXTURE_SEVERITY_SCALE",
+           "shadowed", "hazy", "rainy", "snowy", "raindrop", "motion_blurry", "low_light", "noisy",
+           "jpeg_compressed", "uncompleted"]
 
 # Physical formation order: scene/atmosphere first, then the lens, then the sensor, then the codec;
 # holes last so they stay pure white.
