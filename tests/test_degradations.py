@@ -340,6 +340,16 @@ def test_shadow_matte_and_umbra():
     assert np.all(out <= x + 0.03)
 
 
+def test_shadow_never_brightens_much():
+    x = photo("coffee")
+    for seed in range(12):
+        out, p = D.shadowed(x, rng(seed), float(rng(seed + 100).uniform()))
+        assert np.all(out <= x + 0.03)
+    black = np.zeros((64, 64, 3), np.float32)
+    out, _ = D.shadowed(black, rng(0), 0.0, x0=0.0, x0_blue_shift=0.2, opacity=1.0)
+    assert out.max() <= 0.03
+
+
 def test_shadow_severity_monotone():
     x = photo()
     means = [lum(D.shadowed(x, rng(10), s, opacity=1.0)[0]).mean() for s in (0.0, 0.5, 1.0)]

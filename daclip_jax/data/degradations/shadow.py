@@ -52,7 +52,9 @@ def sample_params(rng, severity):
 
 def darkening(y1, x0, x0_red_shift, x0_blue_shift):
     """Per-channel slope a and intercept b of the shadow line through (x0_c, 0) and (1, y1)."""
-    x0c = np.array([x0 + x0_red_shift, x0, x0 - x0_blue_shift], np.float32)
+    # A negative blue intercept lifts dark blues; bounded at -0.03 so the lift stays < 0.03
+    # (the spec's check: output <= input + 0.03).
+    x0c = np.maximum(np.array([x0 + x0_red_shift, x0, x0 - x0_blue_shift], np.float32), -0.03)
     a = y1 / (1.0 - x0c)
     return a.astype(np.float32), (-a * x0c).astype(np.float32)
 
