@@ -84,19 +84,36 @@ def preview_grid(images: list[np.ndarray], *, kinds=DEGRADATIONS, size: int = 12
         r = len(rows)
         rows.append(("wild", [random_degrade(c, record_rng(seed, r, j))[0] for j, c in enumerate(crops)]))
 
-    cols = 2 * len(crops)
+    cells = [(label, [x for clean, lq in zip(crops, lqs) for x in (clean, np.asarray(lq))])
+             for label, lqs in rows]
+    return labelled_grid(cells, size=size)
+
+
+HEADER_HEIGHT = 14
+
+
+def labelled_grid(rows: list[tuple[str, list[np.ndarray]]], *, size: int,
+                  header: list[str] | None = None) -> Image.Image:
+    """A white sheet: per row a text label (may hold newlines) then its images as size x size
+    cells (resized with nearest neighbour when they differ, so pixels stay visible);
+    `header` optionally titles the columns."""
+    cols = max(len(cells) for _, cells in rows)
+    top = HEADER_HEIGHT + PAD if header else 0
     width = LABEL_WIDTH + cols * (size + PAD) + PAD
-    height = len(rows) * (size + PAD) + PAD
+    height = top + len(rows) * (size + PAD) + PAD
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
-    for r, (label, lqs) in enumerate(rows):
-        y = PAD + r * (size + PAD)
+    for j, title in enumerate(header or ()):
+        draw.text((LABEL_WIDTH + PAD + j * (size + PAD), PAD), title, fill=(0, 0, 0), font=font)
+    for r, (label, cells) in enumerate(rows):
+        y = top + PAD + r * (size + PAD)
         draw.multiline_text((PAD, y + PAD), label, fill=(0, 0, 0), font=font)
-        for j, (clean, lq) in enumerate(zip(crops, lqs)):
-            x = LABEL_WIDTH + PAD + 2 * j * (size + PAD)
-            grid.paste(_to_pil(clean), (x, y))
-            grid.paste(_to_pil(np.asarray(lq)), (x + size + PAD, y))
+        for j, cell in enumerate(cells):
+            pil = _to_pil(np.asarray(cell))
+            if pil.size != (size, size):
+                pil = pil.resize((size, size), Image.Resampling.NEAREST)
+            grid.paste(pil, (LABEL_WIDTH + PAD + j * (size + PAD), y))
     return grid
 
 
