@@ -6,6 +6,10 @@ kind): Gaussian noise 438/s, JPEG q10 3085/s, random_degrade 94/s; targets: mixe
 200), wild >= 190. Rates use process CPU time (robust to a shared machine), best of `--repeats` runs.
 
     OMP_NUM_THREADS=1 python benchmarks/degradations.py [--n 100] [--repeats 3]
+
+The last column rescales each rate by how fast this machine runs the official noise recipe right
+now (numpy float64 randn, clip, uint8 cast, as `generate_LQ.py` does; 438/s on a quiet machine):
+a rough quiet-machine estimate when other jobs share the cores.
 """
 
 import argparse
@@ -45,7 +49,15 @@ def rate(fn, imgs, n, repeats):
     return best
 
 
+def official_noise(img, rng):
+    """The official `add_gaussian_noise(img, 50)` + uint8 save (legacy np.random.randn, float64)."""
+    del rng
+    noise = np.random.randn(*img.shape) * 50 / 255.0
+    return (np.clip(img + noise, 0, 1) * 255).astype(np.uint8)
+
+
 def main():
+    np.random.seed(0)
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
@@ -62,11 +74,12 @@ def main():
         lambda im, r: D.degrade(im, D.sample_kinds(r), r), imgs, args.n, args.repeats)))
     rows.append(("wild random_degrade (official 94, target >= 190)", rate(
         random_degrade, imgs, args.n, args.repeats)))
+    calib = rate(official_noise, imgs, args.n, args.repeats)
+    rows.append(("official noise recipe, for calibration (438 quiet)", calib))
     w = max(len(r[0]) for r in rows)
-    print(f"{'work (256x256, 1 core)':<{w}}  samples/s")
+    print(f"{'work (256x256, 1 core)':<{w}}  samples/s  x438/calib")
     for name, r in rows:
-        print(f"{name:<{w}}  {r:9.1f}")
-
+        print(f"{name:<{w}}  {r:9.1f}  {r * 438.0 / calib:10.1f}")
 
 if __name__ == "__main__":
     main()

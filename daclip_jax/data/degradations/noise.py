@@ -28,7 +28,8 @@ def apply(clean, rng, sigma, gray, model):
         base = clean.mean(-1, keepdims=True) if gray else clean
         noise = (rng.poisson(np.clip(base, 0, 1) * lam) / lam - base).astype(np.float32)
         noise = np.broadcast_to(noise, clean.shape)
-    return np.clip(clean + noise, 0.0, 1.0).astype(np.float32), {"noise": np.ascontiguousarray(noise)}
+    out = np.clip(clean + noise, 0.0, 1.0).astype(np.float32, copy=False)
+    return out, {"noise": np.ascontiguousarray(noise)}
 
 
 def noisy(clean, rng, severity, **overrides):
