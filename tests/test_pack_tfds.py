@@ -74,7 +74,11 @@ def test_pack_paired_keeps_lq_and_metadata_and_cli(tmp_path):
     assert main(["data", "pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 1
 
 
-def _build_tiny_tfds(data_dir, image_dir):
+def _tiny_builder_class():
+    """Defined once per process (TFDS registers builders by name)."""
+    global _TINY
+    if _TINY is not None:
+        return _TINY
     import tensorflow_datasets as tfds
 
     class TinyImages(tfds.core.GeneratorBasedBuilder):
@@ -90,14 +94,26 @@ def _build_tiny_tfds(data_dir, image_dir):
             return {"train": self._generate_examples()}
 
         def _generate_examples(self):
-            for i in range(6):
-                # PIL images, file paths and encoded bytes are encoded without TF (numpy is not)
-                path = os.path.join(image_dir, f"{i}.png")
-                Image.fromarray(_rgb(32 + i, 40, 10 + i)).save(path)
-                image = path if i % 2 else Image.open(path)
-                yield i, {"image": image, "label": i % 2}
+            import io
 
-    builder = TinyImages(data_dir=data_dir, file_format="array_record")
+            for i in range(6):
+                # PIL images and encoded bytes are encoded without TF (numpy arrays are not)
+                im = Image.fromarray(_rgb(32 + i, 40, 10 + i))
+                if i % 2:
+                    buf = io.BytesIO()
+                    im.save(buf, format="PNG")
+                    im = buf.getvalue()
+                yield i, {"image": im, "label": i % 2}
+
+    _TINY = TinyImages
+    return _TINY
+
+
+_TINY = None
+
+
+def _build_tiny_tfds(data_dir, image_dir=None):
+    builder = _tiny_builder_class()(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
     return builder
 
@@ -153,3 +169,19 @@ def test_pack_tiles_and_raw_encoding(tmp_path):
     blob = S.serialize_record({"id": "x", "gt_raw_shape": [4, 4, 3]}, b"\x00" * 10)
     with pytest.raises(ValueError, match="corrupt raw"):
         S._decode_packed(S.deserialize_record(blob)[1], [4, 4, 3], 0, "x")
+
+
+def test_tfds_source_pickles_for_grain_workers(tmp_path):
+    """Workers get the source pickled; they reopen the dataset from disk, not the builder class."""
+    import pickle
+    import subprocess
+
+    (tmp_path / "src").mkdir()
+    _build_tiny_tfds(str(tmp_path / "tfds"), str(tmp_path / "src"))
+    src = S.SafeSource(S.TfdsSource("tiny_images", data_dir=str(tmp_path / "tfds"), label_key="label"))
+    (tmp_path / "src.pkl").write_bytes(pickle.dumps(src))
+    code = ("import pickle, sys; s = pickle.load(open(sys.argv[1], 'rb')); r = s[3]; "
+            "print(len(s), r['gt'].shape, r['label'], 'tensorflow' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "src.pkl")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout.split() == ["6", "(35,", "40,", "3)", "golden_retriever", "False"], res.stderr[-3000:]

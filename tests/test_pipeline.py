@@ -79,6 +79,9 @@ def test_batch_layout_matches_the_contract(folder):
     for row, idx in zip(hot, b["degradation_index"]):
         assert (idx == -1) == (row.sum() > 1) and (idx == -1 or row[idx] == 1)
     np.testing.assert_array_equal(b["caption_tokens"], tokenize(["a photo"] * B))
+    cfg = _cfg(folder, clean_clip=False)
+    assert "clean_clip" not in next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=2, process_index=0,
+                                                           process_count=1)))
     # degradation tokens spell the words of the multi-hot in physical order
     from daclip_jax.data.degradations import label_text
     for row, toks in zip(hot, b["degradation_tokens"]):

@@ -62,6 +62,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Geometry and augmentation.
     c.patch_size = 256              # training patch (LQ/GT), square
     c.clip_size = 224               # CLIP view side
+    c.clean_clip = True             # also emit `clean_clip` (CLIP pretraining); False saves ~2.5 ms/pair
     c.small_images = "upscale"      # images smaller than the patch: upscale (bicubic) | skip
     c.hflip = True
     c.vflip = True
@@ -278,16 +279,18 @@ class MakeExample:
         hot, deg_index = degradation_targets(words)
         clip_size = self.cfg["clip_size"]
         tokens = tokenize([caption, text])
-        return {
+        example = {
             "lq": lq,
             "gt": np.asarray(gt, np.float32),
             "lq_clip": np.asarray(clip_view(lq, size=clip_size), np.float32),
-            "clean_clip": np.asarray(clip_view(gt, size=clip_size), np.float32),
             "caption_tokens": np.asarray(tokens[0], np.int32),
             "degradation_tokens": np.asarray(tokens[1], np.int32),
             "degradation_multihot": hot,
             "degradation_index": np.int32(deg_index),
         }
+        if self.cfg.get("clean_clip", True):
+            example["clean_clip"] = np.asarray(clip_view(gt, size=clip_size), np.float32)
+        return example
 
 
 class _EpochAndIndex:

@@ -414,6 +414,7 @@ class TfdsSource(Source):
         self.ds_name, self.split = name, split
         self.image_key, self.label_key, self.id_key, self.min_size = image_key, label_key, id_key, min_size
         self.skipped = skipped if skipped is not None else SkipReport()
+        self.data_dir = data_dir
         self.source = tfds.data_source(name, data_dir=data_dir, split=split)
         self._label_names = None
         if label_key is not None:
@@ -421,6 +422,19 @@ class TfdsSource(Source):
             if hasattr(feature, "names"):
                 self._label_names = list(feature.names)
         self._finish_index(f"{name!r} split {split!r}")
+
+    # Workers reopen the prepared dataset from disk instead of unpickling the builder (which
+    # may be a class the worker cannot import); tfds reads it from its dataset_info.json.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["source"] = None
+        return state
+
+    def __setstate__(self, state):
+        import tensorflow_datasets as tfds
+
+        self.__dict__.update(state)
+        self.source = tfds.data_source(self.ds_name, data_dir=self.data_dir, split=self.split)
 
     def __len__(self):
         return len(self.source)
