@@ -149,3 +149,16 @@ def test_make_source_dispatch_and_unknown_kind(tmp_path):
     cfg.kind = "nope"
     with pytest.raises(ValueError, match="unknown source kind"):
         S.make_source(cfg)
+
+
+def test_type_balanced_view_round_robins_over_types(tmp_path):
+    root = make_paired(str(tmp_path / "train"), names=("1.png", "2.png", "3.png"), kinds=("noisy",))
+    make_paired(root, names=("9.png",), kinds=("hazy",))
+    src = S.PairedFolderSource(root)
+    bal = S.TypeBalancedSource(src, S.record_types(src))
+    assert len(bal) == 2 * 3
+    degs = [bal[i]["degradation"] for i in range(len(bal))]
+    assert degs == ["hazy", "noisy"] * 3
+    assert {bal.record_id(i) for i in range(1, 6, 2)} == {f"noisy/GT/{k}.png" for k in (1, 2, 3)}
+    sub = S.SubsetSource(src, [0, 3])
+    assert S.record_types(sub) == ["hazy", "noisy"] and S.record_types(S.ImageFolderSource(root)) is None

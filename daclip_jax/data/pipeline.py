@@ -57,7 +57,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source.label_key = ""         # tfds: label feature for template captions (optional)
     c.source.id_key = ""            # tfds: feature with a stable id (optional; else name/split/index)
     c.source.validate = "header"    # header: check every file's header at index time | none
+                                    # (every host indexes the whole source; for millions of files
+                                    # pack to ArrayRecord once and read that instead)
     c.source.min_size = 64          # images with a side below this are skipped (counted, reported)
+    c.source.balance_types = True   # paired: every degradation type equally often (official MDDataset)
 
     # Geometry and augmentation.
     c.patch_size = 256              # training patch (LQ/GT), square
@@ -334,6 +337,9 @@ def build_source(data_cfg, *, split: str = "train"):
     if len(idx) == 0:
         raise S.NoUsableImagesError(f"split {split!r} of the source is empty")
     src = base if len(idx) == len(base) else S.SubsetSource(base, idx)
+    types = S.record_types(src) if data_cfg.source.get("balance_types", True) else None
+    if types is not None and split == "train":
+        src = S.TypeBalancedSource(src, types)
     log.info("data: %d record(s) in split %r from %s (%s)", len(src), split, base.name, skipped.summary())
     return S.SafeSource(src)
 

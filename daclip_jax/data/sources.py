@@ -588,6 +588,52 @@ class SubsetSource(Source):
         return self.parent.describe(int(self.indices[index]))
 
 
+class TypeBalancedSource(Source):
+    """Every degradation type equally often, like the official MDDataset's round-robin over types.
+
+    Index i -> type i % T, then that type's (i // T) % n_t-th pair: each epoch has
+    T * max_t(n_t) records, shows every pair at least once, and repeats the smaller types.
+    The pipeline's global shuffle then mixes the types within batches.
+    """
+
+    def __init__(self, parent: Source, types: Sequence[str]):
+        if len(types) != len(parent):
+            raise ValueError("one type per record is needed")
+        self.parent, self.name, self.skipped = parent, parent.name, parent.skipped
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(types):
+            groups.setdefault(t, []).append(i)
+        self.types = sorted(groups)
+        self.groups = [groups[t] for t in self.types]
+        self._len = len(self.types) * max(len(g) for g in self.groups)
+
+    def _parent_index(self, index: int) -> int:
+        group = self.groups[index % len(self.groups)]
+        return group[(index // len(self.groups)) % len(group)]
+
+    def __len__(self):
+        return self._len
+
+    def __getitem__(self, index):
+        return self.parent[self._parent_index(index)]
+
+    def record_id(self, index):
+        return self.parent.record_id(self._parent_index(index))
+
+    def describe(self, index):
+        return self.parent.describe(self._parent_index(index))
+
+
+def record_types(source: Source) -> list[str] | None:
+    """The degradation folder of every record of a paired source (through subsets), else None."""
+    if isinstance(source, PairedFolderSource):
+        return [deg for deg, _, _ in source.items]
+    if isinstance(source, SubsetSource):
+        parent = record_types(source.parent)
+        return None if parent is None else [parent[int(i)] for i in source.indices]
+    return None
+
+
 class SafeSource(Source):
     """Never raises for a bad file: returns a deterministic other record instead and counts it.
 
