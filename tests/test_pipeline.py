@@ -305,13 +305,13 @@ def test_to_global_shards_the_batch_over_8_devices():
     assert res.stdout.strip().endswith("OK"), res.stderr[-3000:]
 
 
+# A plain script, not absl.app.run: build_pipeline marks absl flags parsed itself so grain's
+# workers start from any program (with app.run they start the same way).
 _WORKERS_SCRIPT = textwrap.dedent('''
     import hashlib, sys
     import numpy as np
-    from absl import app, logging
 
-    def main(argv):
-        logging.set_verbosity(logging.WARNING)
+    def main():
         from daclip_jax.data import pipeline as PL
         cfg = PL.default_data_config()
         cfg.source.path, cfg.source.min_size, cfg.patch_size = sys.argv[1], 16, 32
@@ -326,11 +326,11 @@ _WORKERS_SCRIPT = textwrap.dedent('''
                 for k in sorted(b):
                     h.update(np.ascontiguousarray(b[k]).tobytes())
             out.append(h.hexdigest())
-            del it
-        print("DIGESTS", *out)
+            it.close()
+        print("DIGESTS", *out, flush=True)
 
     if __name__ == "__main__":
-        app.run(main, argv=sys.argv[:1])
+        main()
 ''')
 
 

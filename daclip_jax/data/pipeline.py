@@ -379,6 +379,12 @@ def build_pipeline(data_cfg, *, split: str = "train", seed: int = 0, global_batc
     it = ds.to_iter_dataset(read)
     workers = data_cfg.get("worker_count", 0)
     if workers > 0:
+        from absl import flags
+
+        # grain's multiprocessing reads absl flags; a program that does not run under
+        # absl.app.run (a notebook, a plain script) would otherwise fail on the first batch.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(1, data_cfg.get("worker_buffer_size", 2))))
     return it
