@@ -133,18 +133,29 @@ class MultiheadAttention(nnx.Module):
                                    kernel_init=_normal(out_std or width ** -0.5),
                                    bias_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x, causal: bool = False):
+    def __call__(self, x, causal: bool = False, query_index=None):
+        """`query_index` (B,): compute the output at that one position only, (B, 1, W)
+        (keys/values still come from every position): the last block of a tower whose
+        output is pooled at one token needs nothing else."""
         b, n, w = x.shape
         h = self.heads
-        q, k, v = jnp.split(self.in_proj(x), 3, axis=-1)
-        q, k, v = (t.reshape(b, n, h, w // h) for t in (q, k, v))
+        if query_index is None:
+            q, k, v = jnp.split(self.in_proj(x), 3, axis=-1)
+        else:
+            kernel = self.in_proj.kernel[...].astype(x.dtype)
+            bias = self.in_proj.bias[...].astype(x.dtype)
+            xq = jnp.take_along_axis(x, query_index[:, None, None], axis=1)
+            q = xq @ kernel[:, :w] + bias[:w]
+            k, v = jnp.split(x @ kernel[:, w:] + bias[w:], 2, axis=-1)
+        q, k, v = (t.reshape(b, -1, h, w // h) for t in (q, k, v))
         q = q * (w // h) ** -0.5  # torch scales q before the product
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if causal:  # -inf above the diagonal (open_clip build_attention_mask)
-            mask = jnp.tril(jnp.ones((n, n), bool))
-            logits = jnp.where(mask, logits, -jnp.inf)
+            qpos = jnp.arange(n)[None, :] if query_index is None else query_index[:, None]
+            mask = jnp.arange(n)[None, None, :] <= qpos[:, :, None]  # (B or 1, Q, K)
+            logits = jnp.where(mask[:, None], logits, -jnp.inf)
         attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, w)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, -1, w)
         return self.out_proj(out)
 
 
@@ -173,16 +184,29 @@ class ResidualAttentionBlock(nnx.Module):
         self.ln_2 = layer_norm(width, cfg, rngs)
         self.mlp = MLP(width, cfg, rngs=rngs, proj_std=proj_std)
 
-    def __call__(self, x, causal: bool = False):
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def __call__(self, x, causal: bool = False, query_index=None):
+        """With `query_index` (B,), only that position's output is computed: (B, 1, W)."""
+        h = self.ln_1(x)
+        if query_index is not None:
+            x = jnp.take_along_axis(x, query_index[:, None, None], axis=1)
+        x = x + self.attn(h, causal=causal, query_index=query_index)
         return x + self.mlp(self.ln_2(x))
 
 
-def _run_block(block: ResidualAttentionBlock, x, causal: bool):
-    return block(x, causal)
+def _run_block(block: ResidualAttentionBlock, x, causal: bool, query_index=None):
+    return block(x, causal, query_index)
 
 
-_run_block_remat = nnx.remat(_run_block, static_argnums=(2,))
+def _run_block_remat(block: ResidualAttentionBlock, x, causal: bool, query_index=None):
+    """The block under jax.checkpoint: its activations are recomputed in the backward pass.
+    Blocks hold no mutable state, so a pure split/merge is enough (and, unlike nnx.remat,
+    works on modules merged inside an outer jax.jit)."""
+    graphdef, state = nnx.split(block)
+
+    def pure(state, x, query_index):
+        return nnx.merge(graphdef, state)(x, causal, query_index)
+
+    return jax.checkpoint(pure)(state, x, query_index)
 
 
 class Transformer(nnx.Module):
@@ -191,21 +215,28 @@ class Transformer(nnx.Module):
         self.resblocks = nnx.List(
             [ResidualAttentionBlock(width, heads, layers, cfg, rngs=rngs) for _ in range(layers)])
 
-    def block(self, i: int, x, causal: bool = False):
+    def block(self, i: int, x, causal: bool = False, query_index=None):
         fn = _run_block_remat if self.remat else _run_block
-        return fn(self.resblocks[i], x, causal)
+        return fn(self.resblocks[i], x, causal, query_index)
 
-    def __call__(self, x, causal: bool = False, control=None):
+    def __call__(self, x, causal: bool = False, control=None, query_index=None):
         """`control`: optional list of L residual additions; as in the official
         `x += control.pop()`, block i receives control[L-1-i] (reverse order), added after
-        the whole block."""
+        the whole block.
+
+        `query_index` (B,): the caller pools one token per sequence, so the last block
+        computes only that token (saves ~1/L of the work); the result is then (B, 1, W)."""
         n = len(self.resblocks)
         if control is not None and len(control) != n:
             raise ValueError(f"control has {len(control)} entries, the transformer has {n} blocks")
         for i in range(n):
-            x = self.block(i, x, causal)
+            last = query_index if i == n - 1 else None
+            x = self.block(i, x, causal, last)
             if control is not None:
-                x = x + control[n - 1 - i].astype(x.dtype)
+                c = control[n - 1 - i]
+                if last is not None:
+                    c = jnp.take_along_axis(c, last[:, None, None], axis=1)
+                x = x + c.astype(x.dtype)
         return x
 
 
@@ -233,9 +264,17 @@ class VisionTransformer(nnx.Module):
     def embed(self, images):
         """NHWC images → ln_pre(tokens), (B, 1 + gh·gw, W)."""
         dt = self.cfg.compute_dtype
-        x = self.conv1(images.astype(dt))
-        b, gh, gw, w = x.shape
-        x = x.reshape(b, gh * gw, w)  # row-major over (gh, gw), as torch's flatten
+        p = self.cfg.patch_size
+        b, hh, ww, c = images.shape
+        gh, gw = hh // p, ww // p
+        # conv1 (kernel = stride = patch, no bias) as one matmul over flattened patches:
+        # XLA's CPU convolution is ~2x slower for this shape. Patch order is row-major over
+        # (gh, gw), as torch's flatten; inside a patch (kh, kw, c) matches the HWIO kernel.
+        patches = images[:, :gh * p, :gw * p].astype(dt).reshape(b, gh, p, gw, p, c)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)
+        kernel = self.conv1.kernel[...].astype(dt)
+        x = patches @ kernel.reshape(p * p * c, -1)
+        w = x.shape[-1]
         cls = jnp.broadcast_to(self.class_embedding[...].astype(dt), (b, 1, w))
         x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...].astype(dt)
         return self.ln_pre(x)
@@ -246,7 +285,9 @@ class VisionTransformer(nnx.Module):
         return (x @ self.proj[...].astype(x.dtype)).astype(jnp.float32)
 
     def __call__(self, images, control=None):
-        return self.head(self.transformer(self.embed(images), control=control))
+        x = self.embed(images)
+        cls_only = jnp.zeros((x.shape[0],), jnp.int32)  # only token 0 reaches the head
+        return self.head(self.transformer(x, control=control, query_index=cls_only))
 
 
 class CLIP(nnx.Module):
@@ -274,10 +315,9 @@ class CLIP(nnx.Module):
         tokens = jnp.asarray(tokens)
         dt = self.cfg.compute_dtype
         x = self.token_embedding(tokens) + self.positional_embedding[...].astype(dt)
-        x = self.ln_final(self.transformer(x, causal=True))
         # pool at the EOT token: the largest id; argmax returns the first one, as torch
-        eot = jnp.argmax(tokens, axis=-1)
-        x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        eot = jnp.argmax(tokens, axis=-1).astype(jnp.int32)
+        x = self.ln_final(self.transformer(x, causal=True, query_index=eot))[:, 0]
         x = (x @ self.text_projection[...].astype(x.dtype)).astype(jnp.float32)
         return l2_normalize(x) if normalize else x
 
