@@ -327,6 +327,17 @@ _WORKERS_SCRIPT = textwrap.dedent('''
                     h.update(np.ascontiguousarray(b[k]).tobytes())
             out.append(h.hexdigest())
             it.close()
+        # resume with workers: state after 2 batches, a fresh iterator continues identically
+        it = iter(PL.build_pipeline(cfg, seed=11, global_batch_size=2, process_index=0, process_count=1))
+        next(it); next(it)
+        state = it.get_state()
+        want = [next(it)["lq"].tobytes() for _ in range(2)]
+        it.close()
+        it = iter(PL.build_pipeline(cfg, seed=11, global_batch_size=2, process_index=0, process_count=1))
+        it.set_state(state)
+        got = [next(it)["lq"].tobytes() for _ in range(2)]
+        it.close()
+        print("RESUME", want == got, flush=True)
         print("DIGESTS", *out, flush=True)
 
     if __name__ == "__main__":
@@ -344,3 +355,4 @@ def test_same_bytes_with_zero_and_two_workers(folder, tmp_path):
     assert line, res.stdout[-2000:] + res.stderr[-4000:]
     _, d0, d2 = line[0].split()
     assert d0 == d2
+    assert "RESUME True" in res.stdout
