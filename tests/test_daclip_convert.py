@@ -1,11 +1,9 @@
 """Official DA-CLIP / open_clip checkpoint import-export, load_daclip, model dirs."""
 
-import os
 import pickle
 from collections import OrderedDict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from flax import nnx
 from daclip_jax.convert import daclip as dc
 from daclip_jax.convert import open_clip as oc
 from daclip_jax.convert.torch_io import CheckpointError, save_state_dict
-from daclip_jax.models.clip import CLIP, CLIPConfig
+from daclip_jax.models.clip import CLIPConfig
 from daclip_jax.models.daclip import DaCLIP
 
 TINY = CLIPConfig.named("daclip_tiny")
