@@ -73,3 +73,19 @@ def test_unknown_sources_fail_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and "weird.pt" in err[0] and "unknown checkpoint layout" in err[0]
     assert main(["export", str(tmp_path / "nothing"), "--format", "daclip-pt", "--to", str(tmp_path / "y.pt")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_unet_pth_import_export_through_the_cli(golden_dir, tmp_path):
+    """The verbs dispatch official UNet .pth files to daclip_jax.convert.unet."""
+    pytest.importorskip("daclip_jax.convert.unet")
+    z = np.load(golden_dir / "unet_tiny.npz")
+    sd = OrderedDict((n[3:], np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32))
+                     for n in z.files if n.startswith("sd/"))
+    src = tmp_path / "universal-ir-tiny.pth"
+    torch.save(OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items()), src)
+    assert main(["import", str(src), "--to", str(tmp_path / "u")]) == 0
+    assert load_model_dir(tmp_path / "u")[0] == "unet"
+    assert main(["export", str(tmp_path / "u"), "--format", "unet-pth", "--to", str(tmp_path / "u.pth")]) == 0
+    out = torch.load(tmp_path / "u.pth", weights_only=True)
+    assert set(out) == set(sd)
+    assert all(np.array_equal(out[k].numpy(), v) for k, v in sd.items())
