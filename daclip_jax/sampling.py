@@ -1,0 +1,128 @@
+"""Compiled IR-SDE samplers: the whole reverse loop is ONE jitted `lax.scan`.
+
+Samplers (official `IRSDE.reverse_*`):
+- "posterior" (default, test.yml `sampling_mode: posterior`, also the wild-IR sampler):
+  x0_hat from the predicted noise, then a draw from the Gaussian posterior q(x_{t-1}|x_t, x0_hat).
+- "sde": Euler-Maruyama on the reverse SDE.
+- "ode": the probability-flow ODE (deterministic after the start state).
+
+Fewer steps than the training T use the official `sample_T` mechanism (`IRSDE.for_sampling`):
+the schedule is rebuilt with `steps` steps (dt rescaled so it still ends at eps) and the
+network sees `t * T/steps`.
+
+Noise: each step's Gaussian is a function of (key, step, pixel row), `pixel_noise`, so a
+crop of the image sees exactly the noise the whole image would see there. That is what makes
+tiled restoration (restore.py) agree with whole-image restoration away from tile borders.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from daclip_jax.sde import IRSDE
+
+SAMPLERS = ("posterior", "sde", "ode")
+
+# progress hook: restore/CLI set a callable here; the compiled loop calls it once per step
+_progress = {"fn": None}
+
+
+def set_progress(fn):
+    """Install `fn(step)` (e.g. a tqdm update) called after every sampling step; None to clear."""
+    _progress["fn"] = fn
+
+
+def _tick(step):
+    fn = _progress["fn"]
+    if fn is not None:
+        fn(int(step))
+
+
+def pixel_noise(key, shape, offset=(0, 0), full_width=None):
+    """N(0, 1) noise of `shape` (B, h, w, C) cut at `offset` from a virtual (B, H, W, C) field.
+
+    One key per image row (fold_in(key, row)), so the values at a pixel do not depend on the
+    crop. `full_width` is W of the virtual field (default: w, i.e. no crop).
+    """
+    b, h, w, c = shape
+    full_width = w if full_width is None else full_width
+    rows = offset[0] + jnp.arange(h)
+
+    def row(r):
+        return jax.random.normal(jax.random.fold_in(key, r), (b, full_width, c), jnp.float32)
+
+    field = jax.vmap(row, out_axes=1)(rows)                 # (b, h, W, c)
+    return jax.lax.dynamic_slice_in_dim(field, offset[1], w, axis=2)
+
+
+def reverse_loop(noise_fn, sde: IRSDE, x, mu, *, sampler="posterior", noise=None, draws=None,
+                 return_path=False, progress=False):
+    """Run t = T..1 with `noise_fn(x, t_model) -> predicted noise` (t_model = t * time_scale).
+
+    The per-step Gaussians come from `draws[k]` (k-th step, t = T-k) when given, else from
+    `noise(t) -> z` (a function of the integer step). Returns x_0 (and the (T, ...) path).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    ts = jnp.arange(sde.T, 0, -1, dtype=jnp.int32)
+
+    def step(x, inp):
+        t, z = inp if draws is not None else (inp, None)
+        eps_hat = noise_fn(x, t.astype(jnp.float32) * jnp.float32(sde.time_scale))
+        if sampler == "posterior":
+            z = noise(t) if z is None else z
+            x = sde.reverse_posterior_step(x, mu, eps_hat, t, z)
+        elif sampler == "sde":
+            z = noise(t) if z is None else z
+            x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps_hat, t), t, z)
+        else:
+            x = sde.reverse_ode_step(x, mu, sde.score_from_noise(eps_hat, t), t)
+        if progress:
+            jax.debug.callback(_tick, t)
+        return x, (x if return_path else None)
+
+    x, path = jax.lax.scan(step, x, (ts, draws) if draws is not None else ts)
+    return (x, path) if return_path else x
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "return_path", "progress", "full_width"))
+def _sample(graphdef, state, sde, lq, text_context, image_context, key, x_T, offset, *,
+            sampler, return_path, progress, full_width):
+    unet = nnx.merge(graphdef, state)
+    b = lq.shape[0]
+
+    def noise_fn(x, t_model):
+        return unet(x, lq, jnp.broadcast_to(t_model, (b,)), text_context, image_context)
+
+    def noise(t):   # step t's Gaussian; t = T+1 is reserved for the start state
+        return pixel_noise(jax.random.fold_in(key, t), lq.shape, offset, full_width)
+
+    if x_T is None:
+        x_T = sde.noise_state(lq, z=noise(sde.T + 1))
+    return reverse_loop(noise_fn, sde, x_T, lq, sampler=sampler, noise=noise,
+                        return_path=return_path, progress=progress)
+
+
+def sample(unet, sde: IRSDE, lq, text_context=None, image_context=None, key=None, steps=None,
+           sampler="posterior", *, x_T=None, return_path=False, progress=False,
+           offset=(0, 0), full_width=None):
+    """Restore `lq` (B, H, W, 3) float32 with the compiled reverse process.
+
+    text_context / image_context: the DA-CLIP degradation / content embeddings (B, ctx).
+    key: a jax PRNG key (default key(0)). steps: <= sde.T (default sde.T).
+    x_T: start state (default LQ + max_sigma * z). return_path: also return every
+    intermediate state (steps, B, H, W, 3) -- for pictures of small images only.
+    offset/full_width: where `lq` sits in a larger image (tiling: the noise is cut from the
+    whole image's noise field).
+    """
+    key = jax.random.key(0) if key is None else key
+    steps = sde.T if steps is None else int(steps)
+    graphdef, state = nnx.split(unet)
+    lq = jnp.asarray(lq, jnp.float32)
+    return _sample(graphdef, state, sde.for_sampling(steps), lq, text_context, image_context, key,
+                   x_T, jnp.asarray(offset, jnp.int32), sampler=sampler, return_path=return_path,
+                   progress=progress, full_width=full_width)
