@@ -61,7 +61,9 @@ def classify_files(model, paths: Sequence[str | os.PathLike], *, batch_size: int
     for path in paths:
         path = os.fspath(path)
         try:
-            image = read_image(path)
+            # alpha dropped, not composited: the official README feeds
+            # Image.open(path).convert("RGB"), which keeps the RGB planes as they are
+            image = read_image(path, alpha="drop")
             view = preprocess(image, size=size)
         except (ValueError, OSError) as e:  # ImageReadError is a ValueError
             msg = str(e) if path in str(e) else f"{path}: {' '.join(str(e).split())}"
