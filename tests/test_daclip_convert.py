@@ -55,6 +55,10 @@ def test_golden_roundtrip_is_bit_exact(golden_dir, tmp_path):
     loaded = torch.load(path, weights_only=True)
     assert list(loaded) == list(sd)
     assert all(tuple(loaded[k].shape) == sd[k].shape for k in sd)  # what strict loading checks
+    # aliases are one stored tensor, as in the official file (no duplicated 350 MB for B-32)
+    ptr = lambda k: loaded[k].untyped_storage().data_ptr()
+    assert ptr("visual.conv1.weight") == ptr("clip.visual.conv1.weight")
+    assert ptr("visual.proj") != ptr("clip.visual.conv1.weight")
     cfg, again = dc.import_daclip(path, TINY)
     assert cfg == TINY
     assert_same_params(model, again)

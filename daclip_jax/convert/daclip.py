@@ -91,11 +91,12 @@ def import_daclip(path, cfg: CLIPConfig | None = None) -> tuple[CLIPConfig, DaCL
 
 
 def daclip_state_dict(model: DaCLIP) -> "OrderedDict[str, np.ndarray]":
-    """The official `DaCLIP.state_dict()` (all keys incl. the visual.* aliases) as numpy."""
-    cfg = model.cfg
-    main = oc.state_dict_from_table(model, daclip_key_table(cfg))
-    aliases = oc.state_dict_from_table(model, _alias_rows(cfg))
-    return OrderedDict((k, main[k] if k in main else aliases[k]) for k in daclip_layout(cfg))
+    """The official `DaCLIP.state_dict()` (all keys incl. the visual.* aliases) as numpy.
+    Each alias is the same array object as its clip.visual.* key, so a torch.save of it
+    stores the tensor once, as the official file does."""
+    main = oc.state_dict_from_table(model, daclip_key_table(model.cfg))
+    return OrderedDict((k, main[k] if k in main else main["clip." + k])
+                       for k in daclip_layout(model.cfg))
 
 
 def export_daclip_pt(model: DaCLIP, path, *, wrap_state_dict: bool = False) -> None:

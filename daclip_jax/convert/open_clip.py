@@ -181,7 +181,12 @@ def save_torch_state_dict(sd, path, *, wrap_key: str | None = None) -> None:
     arrays 1-d, so `logit_scale` would come out (1,) and break strict loading.)"""
     import torch
 
-    out = OrderedDict((k, torch.from_numpy(np.array(v, order="C"))) for k, v in sd.items())
+    tensors: dict[int, "torch.Tensor"] = {}  # one tensor per array object: aliases stay shared
+    out = OrderedDict()
+    for k, v in sd.items():
+        if id(v) not in tensors:
+            tensors[id(v)] = torch.from_numpy(np.array(v, order="C"))
+        out[k] = tensors[id(v)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({wrap_key: out} if wrap_key else out, os.fspath(path))
 
