@@ -209,7 +209,8 @@ class BlipCaptioner(Captioner):
         from PIL import Image
 
         model, processor = self._load()
-        img = Image.fromarray((np.clip(record["gt"], 0, 1) * 255.0 + 0.5).astype(np.uint8))
+        gt = record["gt"]  # float32 in [0,1], or a compact uint8 image (value / 255) from Source.load
+        img = Image.fromarray(gt if gt.dtype == np.uint8 else (np.clip(gt, 0, 1) * 255.0 + 0.5).astype(np.uint8))
         kwargs = {"images": img, "return_tensors": "pt"}
         if self.prompt:
             kwargs["text"] = self.prompt

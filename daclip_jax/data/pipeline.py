@@ -15,7 +15,10 @@ Order of operations and why:
   `np.random.Generator(np.random.Philox(SeedSequence([seed, epoch, record_index])))`: the bytes
   do not depend on worker count, thread scheduling or restarts. No global RNG state is touched.
 - Crop first, degrade the patch: synthesis cost scales with pixels, and a patch-sized degradation
-  is what the model sees. Images smaller than the patch are *upscaled* (PIL bicubic, short side
+  is what the model sees. Sources hand out compact records (uint8 for 8-bit data, see
+  sources.py); the crop and flips work on those and only the patch is converted to float, and
+  decoded images are kept in a per-process LRU (`source.cache_mb`) so a photo that fits in it
+  is decoded once, not once per patch. Images smaller than the patch are *upscaled* (PIL bicubic, short side
   to the patch size) rather than reflect-padded: mirrored borders would give the degradations
   (haze depth, rain streaks, shadows) and the CLIP view seams that real photos never have.
 - Paired sources (real LQ) take the same crop/flips on LQ and GT.
@@ -34,6 +37,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from daclip_jax.data.sources import as_float
 from daclip_jax.labels import DEGRADATIONS
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,12 @@ def default_data_config() -> ml_collections.ConfigDict:
                                     # pack to ArrayRecord once and read that instead)
     c.source.min_size = 64          # images with a side below this are skipped (counted, reported)
     c.source.balance_types = True   # paired: every degradation type equally often (official MDDataset)
+    c.source.cache_mb = 512         # LRU of decoded images, MiB *per process* (each grain worker has
+                                    # its own: total = max(1, worker_count) x cache_mb); 8-bit images
+                                    # are kept as uint8 (a 512 px photo 0.75 MiB, a 2K DIV2K one
+                                    # ~8 MiB). Decoding is skipped for cached images, the biggest cost
+                                    # of a folder source; 0 = off (e.g. data sets far larger than RAM
+                                    # read in random order, where it only holds memory)
 
     # Geometry and augmentation.
     c.patch_size = 256              # training patch (LQ/GT), square
@@ -137,12 +147,21 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 def ensure_min_side(img: np.ndarray, size: int) -> np.ndarray:
-    """Upscales so the short side is >= size (keeps the aspect ratio)."""
+    """Upscales so the short side is >= size (keeps the aspect ratio).
+
+    Compact (uint8) images that need upscaling are converted to float first; others are
+    returned unchanged, in their own dtype.
+    """
     h, w = img.shape[:2]
     if min(h, w) >= size:
         return img
     s = size / min(h, w)
-    return _resize(img, max(size, round(w * s)), max(size, round(h * s)))
+    return _resize(as_float(img), max(size, round(w * s)), max(size, round(h * s)))
+
+
+def _writable(x: np.ndarray) -> np.ndarray:
+    # A float patch can be a view of a cached (read-only, shared) image: give the sample its own.
+    return x if x.flags.writeable else x.copy()
 
 
 def random_crop(images: list, size: int, rng: np.random.Generator) -> list:
@@ -262,7 +281,8 @@ class MakeExample:
 
         epoch, index = int(item[0]), int(item[1])
         rng = record_rng(self.seed, epoch, index)
-        rec = self.source[index]
+        load = getattr(self.source, "load", None)
+        rec = load(index) if load is not None else self.source[index]   # compact images
         caption = self.captioner(rec)
         size = self.cfg["patch_size"]
 
@@ -271,6 +291,7 @@ class MakeExample:
         images = [ensure_min_side(x, size) for x in images]
         images = random_crop(images, size, rng)
         images = random_flips(images, rng, self.cfg["hflip"], self.cfg["vflip"], self.cfg["rot90"])
+        images = [_writable(as_float(x)) for x in images]
         gt = images[0]
         if real:
             lq = images[1]
@@ -333,6 +354,9 @@ def build_source(data_cfg, *, split: str = "train"):
     if data_cfg.get("small_images", "upscale") == "skip":
         src_cfg.min_size = max(src_cfg.get("min_size", 0), data_cfg.patch_size)
     base = S.make_source(src_cfg, skipped=skipped)
+    cache_mb = data_cfg.source.get("cache_mb", 0)
+    if cache_mb and cache_mb > 0:
+        base = S.CachedSource(base, int(cache_mb * 2**20))
     idx = split_indices(base, split, data_cfg.get("holdout_fraction", 0.0))
     if len(idx) == 0:
         raise S.NoUsableImagesError(f"split {split!r} of the source is empty")

@@ -9,12 +9,19 @@ Every source returns, for index i, a record dict:
     caption      optional str, a caption that came with the data (official CSV, packed shards)
     label        optional str, class name / metadata for template captions (TFDS, packed shards)
 
+Compact records. `source.load(i)` returns the same record with its images in their compact
+form: uint8 (meaning value / 255, bit for bit what `read_image` would return after `as_float`)
+for 8-bit data, float32 otherwise. The pipeline crops and flips the compact images and converts
+only the patch, so a 2K photo is never converted to float as a whole; `source[i]` is
+`float_record(source.load(i))`.
+
 Sources:
     ImageFolderSource   a folder of clean images (recursive); LQ synthesised on the fly.
     PairedFolderSource  the official layout root/<degradation>/{LQ,GT}/<name> with real pairs.
     CsvSource           the official daclip_train.csv (tab-separated filepath/title="caption: degradation").
     TfdsSource          any TFDS dataset prepared as ArrayRecord, via `tfds.data_source` (no TensorFlow).
     ArrayRecordSource   our own shards written by `daclip_jax.data.pack`.
+    CachedSource        a bounded in-memory LRU of decoded (compact) records around any source.
 
 Bad files. File-based sources check every file's header at index time (`validate="header"`,
 the default): PIL reads only the first bytes, so this costs about one small read per file and
@@ -28,6 +35,7 @@ usable images raises `NoUsableImagesError` at construction.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import json
@@ -68,8 +76,71 @@ def read_image(path_or_file, *, min_size: int = 0, name: str | None = None) -> n
         raise imageio.ImageReadError(f"{name or path_or_file}: {type(e).__name__}: {e}") from e
 
 
+def as_float(x: np.ndarray) -> np.ndarray:
+    """A compact image (uint8 = value / 255, or float32) as float32 in [0,1].
+
+    uint8 / 255 in float32 is exactly how `imageio.read_image` converts 8-bit files.
+    """
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return np.asarray(x, np.float32)
+
+
+def float_record(rec: dict) -> dict:
+    """A record from `Source.load` with float32 images (the documented record layout)."""
+    out = dict(rec)
+    for key in ("gt", "lq"):
+        x = out.get(key)
+        if x is not None:
+            y = as_float(x)
+            # Cached float images are read-only and shared: hand out a private copy.
+            out[key] = y if y.flags.writeable and y is not x else np.array(y, np.float32)
+    return out
+
+
+def _gray_to_rgb(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=-1)) if a.ndim == 2 else a
+
+
+def _plain_8bit(im: Image.Image) -> bool:
+    """8-bit RGB or gray PNG/JPEG: the layouts `read_image` turns into uint8 / 255 unchanged."""
+    if im.format not in ("PNG", "JPEG") or im.mode not in ("RGB", "L") or len(im.tile) != 1:
+        return False
+    args = im.tile[0].args
+    rawmode = args[0] if isinstance(args, tuple) else args
+    return isinstance(rawmode, str) and ";16" not in rawmode   # 16-bit PNGs need read_image
+
+
+def read_compact(path: str, *, min_size: int = 0) -> np.ndarray:
+    """`read_image` without the float conversion for plain 8-bit RGB/gray PNG and JPEG files.
+
+    Returns uint8 HxWx3 (as_float gives exactly read_image's result) for those, and read_image's
+    float32 for every other layout (16-bit, alpha, palette, CMYK...). Any failure, and any image
+    smaller than min_size, goes through read_image, which raises the one-line ImageReadError.
+    """
+    imageio = _imageio()
+    try:
+        with Image.open(path) as im:
+            if _plain_8bit(im):
+                im.load()
+                orientation = imageio._orientation(im)
+                a = _gray_to_rgb(np.asarray(im))
+                if orientation != 1:
+                    a = imageio._apply_orientation(a, orientation)
+                if min(a.shape[:2]) >= max(1, min_size):
+                    return a
+    except Exception:  # noqa: BLE001 - read_image below names the file and the reason
+        pass
+    return read_image(path, min_size=min_size)
+
+
 def decode_image(data: bytes, *, min_size: int = 0, name: str = "<bytes>") -> np.ndarray:
-    """Decodes encoded image bytes (PNG/JPEG/...) to float32 HxWx3 in [0,1].
+    """Decodes encoded image bytes (PNG/JPEG/...) to float32 HxWx3 in [0,1]."""
+    return as_float(decode_compact(data, min_size=min_size, name=name))
+
+
+def decode_compact(data: bytes, *, min_size: int = 0, name: str = "<bytes>") -> np.ndarray:
+    """Decodes encoded image bytes to a compact image (uint8 for 8-bit RGB/L, else float32).
 
     Plain 8-bit RGB/L images (what `pack` writes) decode in memory; any other layout goes
     through `imageio.read_image` via a temporary file so conversions stay in one place.
@@ -81,7 +152,7 @@ def decode_image(data: bytes, *, min_size: int = 0, name: str = "<bytes>") -> np
         with Image.open(io.BytesIO(data)) as im:
             if im.mode in ("RGB", "L"):
                 im.load()
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+                arr = _gray_to_rgb(np.asarray(im))
                 if min(arr.shape[:2]) < max(1, min_size):
                     raise imageio.ImageReadError(
                         f"{name}: too small ({arr.shape[1]}x{arr.shape[0]}, min_size {min_size})")
@@ -99,6 +170,17 @@ def decode_image(data: bytes, *, min_size: int = 0, name: str = "<bytes>") -> np
             return read_image(f.name, min_size=min_size, name=name)
         except imageio.ImageReadError as e:
             raise imageio.ImageReadError(str(e).replace(f.name, name)) from None
+
+
+def _array_to_compact(arr: np.ndarray, min_size: int, name: str) -> np.ndarray:
+    """Like `_array_to_float`, but 8-bit RGB/gray arrays stay uint8 (compact form)."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3))):
+        a = _gray_to_rgb(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr)
+        if min(a.shape[:2]) < min_size:
+            raise _imageio().ImageReadError(f"{name}: too small ({a.shape[1]}x{a.shape[0]}, min_size {min_size})")
+        return a
+    return _array_to_float(arr, min_size, name)
 
 
 def _array_to_float(arr: np.ndarray, min_size: int, name: str) -> np.ndarray:
@@ -204,6 +286,13 @@ class Source:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:
+        """Record `index` with float32 images (see the module docstring)."""
+        return float_record(self.load(index))
+
+    def load(self, index: int) -> dict:
+        """Record `index` with compact images (uint8 = value / 255, or float32); see `as_float`."""
+        if type(self).__getitem__ is not Source.__getitem__:
+            return self[index]  # a source that only implements __getitem__ (float records)
         raise NotImplementedError
 
     def record_id(self, index: int) -> str:
@@ -251,14 +340,14 @@ class ImageFolderSource(Source):
     def describe(self, index):
         return self.paths[index]
 
-    def __getitem__(self, index):
+    def load(self, index):
         path = self.paths[index]
-        return {"id": self.record_id(index), "gt": read_image(path, min_size=self.min_size)}
+        return {"id": self.record_id(index), "gt": read_compact(path, min_size=self.min_size)}
 
 
 def _read_pair(gt_path: str, lq_path: str, min_size: int) -> tuple[np.ndarray, np.ndarray]:
-    gt = read_image(gt_path, min_size=min_size)
-    lq = read_image(lq_path)
+    gt = read_compact(gt_path, min_size=min_size)
+    lq = read_compact(lq_path)
     if lq.shape != gt.shape:
         raise _imageio().ImageReadError(f"{lq_path}: LQ size {lq.shape[:2]} != GT size {gt.shape[:2]}")
     return gt, lq
@@ -314,7 +403,7 @@ class PairedFolderSource(Source):
     def describe(self, index):
         return self.items[index][2]
 
-    def __getitem__(self, index):
+    def load(self, index):
         deg, gt_path, lq_path = self.items[index]
         gt, lq = _read_pair(gt_path, lq_path, self.min_size)
         return {"id": self.record_id(index), "gt": gt, "lq": lq, "degradation": deg}
@@ -387,7 +476,7 @@ class CsvSource(Source):
     def describe(self, index):
         return self.items[index][0]
 
-    def __getitem__(self, index):
+    def load(self, index):
         lq_path, gt_path, caption, degradation = self.items[index]
         gt, lq = _read_pair(gt_path, lq_path, self.min_size)
         rec = {"id": gt_path, "gt": gt, "lq": lq, "caption": caption}
@@ -442,13 +531,13 @@ class TfdsSource(Source):
     def record_id(self, index):
         return f"{self.ds_name}/{self.split}/{index}"
 
-    def __getitem__(self, index):
+    def load(self, index):
         name = self.record_id(index)
         try:
             ex = self.source[index]
         except Exception as e:  # noqa: BLE001 - a corrupt record is a bad file
             raise _imageio().ImageReadError(f"{name}: {type(e).__name__}: {e}") from e
-        rec = {"gt": _array_to_float(ex[self.image_key], self.min_size, name)}
+        rec = {"gt": _array_to_compact(ex[self.image_key], self.min_size, name)}
         rec["id"] = _text(ex[self.id_key]) if self.id_key else name
         if self.label_key is not None:
             value = ex[self.label_key]
@@ -541,7 +630,7 @@ class ArrayRecordSource(Source):
             return self._ids[index]
         return deserialize_record(self.source[index])[0]["id"]
 
-    def __getitem__(self, index):
+    def load(self, index):
         header, gt_bytes, lq_bytes = deserialize_record(self.source[index])
         name = header["id"] + (f" tile {header['tile']}" if header.get("tile") else "")
         rec = {"id": header["id"],
@@ -557,13 +646,14 @@ class ArrayRecordSource(Source):
 
 
 def _decode_packed(data: bytes, raw_shape, min_size: int, name: str) -> np.ndarray:
+    """A packed image in compact form (uint8 for 8-bit data)."""
     if raw_shape is None:
-        return decode_image(data, min_size=min_size, name=name)
+        return decode_compact(data, min_size=min_size, name=name)
     try:
         arr = np.frombuffer(data, np.uint8).reshape(raw_shape)
     except ValueError as e:
         raise _imageio().ImageReadError(f"{name}: corrupt raw record ({e})") from None
-    return _array_to_float(arr, min_size, name)
+    return _array_to_compact(arr, min_size, name)
 
 
 # --------------------------------------------------------------------------- helpers for the pipeline
@@ -578,8 +668,8 @@ class SubsetSource(Source):
     def __len__(self):
         return len(self.indices)
 
-    def __getitem__(self, index):
-        return self.parent[int(self.indices[index])]
+    def load(self, index):
+        return self.parent.load(int(self.indices[index]))
 
     def record_id(self, index):
         return self.parent.record_id(int(self.indices[index]))
@@ -614,8 +704,8 @@ class TypeBalancedSource(Source):
     def __len__(self):
         return self._len
 
-    def __getitem__(self, index):
-        return self.parent[self._parent_index(index)]
+    def load(self, index):
+        return self.parent.load(self._parent_index(index))
 
     def record_id(self, index):
         return self.parent.record_id(self._parent_index(index))
@@ -626,12 +716,76 @@ class TypeBalancedSource(Source):
 
 def record_types(source: Source) -> list[str] | None:
     """The degradation folder of every record of a paired source (through subsets), else None."""
+    if isinstance(source, CachedSource):
+        return record_types(source.parent)
     if isinstance(source, PairedFolderSource):
         return [deg for deg, _, _ in source.items]
     if isinstance(source, SubsetSource):
         parent = record_types(source.parent)
         return None if parent is None else [parent[int(i)] for i in source.indices]
     return None
+
+
+class CachedSource(Source):
+    """A bounded in-memory LRU of decoded records (compact form) around another source.
+
+    Decoding dominates the per-sample cost of file sources (a 512 px PNG takes as long as most
+    degradations), and every sample crops a different patch of the same photo: when the data
+    set fits in `max_bytes`, each image is decoded once per process. Per process: a pickled copy
+    (a grain worker) starts empty and fills its own cache, so the memory bound is per worker.
+    Failed reads are not cached (SafeSource sees them every time). Cached arrays are read-only.
+    """
+
+    def __init__(self, parent: Source, max_bytes: int):
+        self.parent, self.max_bytes = parent, int(max_bytes)
+        self.name, self.skipped = parent.name, parent.skipped
+        self._reset()
+
+    def _reset(self):
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_cache", "_lock", "nbytes", "hits", "misses")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def __len__(self):
+        return len(self.parent)
+
+    def record_id(self, index):
+        return self.parent.record_id(index)
+
+    def describe(self, index):
+        return self.parent.describe(index)
+
+    def load(self, index):
+        with self._lock:
+            rec = self._cache.get(index)
+            if rec is not None:
+                self._cache.move_to_end(index)
+                self.hits += 1
+                return dict(rec)
+            self.misses += 1
+        rec = dict(self.parent.load(index))
+        size = sum(v.nbytes for v in rec.values() if isinstance(v, np.ndarray))
+        if size <= self.max_bytes:
+            for v in rec.values():
+                if isinstance(v, np.ndarray):
+                    v.setflags(write=False)
+            with self._lock:
+                if index not in self._cache:
+                    self._cache[index] = rec
+                    self.nbytes += size
+                while self.nbytes > self.max_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self.nbytes -= sum(v.nbytes for v in old.values() if isinstance(v, np.ndarray))
+        return dict(rec)
 
 
 class SafeSource(Source):
@@ -657,7 +811,7 @@ class SafeSource(Source):
     def describe(self, index):
         return self.parent.describe(index)
 
-    def __getitem__(self, index):
+    def load(self, index):
         imageio = _imageio()
         n = len(self.parent)
         stride = 1 + (index * 2654435761) % max(n - 1, 1)  # golden-ratio hash: spreads replacements
@@ -667,7 +821,7 @@ class SafeSource(Source):
             if j in self._bad:
                 continue
             try:
-                rec = self.parent[j]
+                rec = dict(self.parent.load(j))
             except imageio.ImageReadError as e:
                 self._bad.add(j)
                 self.skipped.add(self.parent.describe(j), str(e), stage="read")
