@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from daclip_jax.convert import open_clip as oc
+from daclip_jax.convert import torch_io
 from daclip_jax.convert.torch_io import CheckpointError, check_layout
 from daclip_jax.models.clip import CLIP, CLIPConfig
 from daclip_jax.models.daclip import DaCLIP
@@ -103,7 +104,7 @@ def export_daclip_pt(model: DaCLIP, path, *, wrap_state_dict: bool = False) -> N
     """Write an official-format DA-CLIP checkpoint; `open_clip.create_model_from_pretrained(
     'daclip_ViT-B-32', pretrained=path)` loads it (strict). wrap_state_dict=True writes
     {'state_dict': ...} as the official trainer does."""
-    oc.save_torch_state_dict(daclip_state_dict(model), path,
+    torch_io.save_state_dict(daclip_state_dict(model), path,
                              wrap_key="state_dict" if wrap_state_dict else None)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from daclip_jax.convert import torch_io
 from daclip_jax.convert.torch_io import CheckpointError, check_layout
 from daclip_jax.models.clip import CLIP, CLIPConfig
 
@@ -174,23 +175,6 @@ def state_dict_from_table(module: nnx.Module, table) -> "OrderedDict[str, np.nda
         for key, path, kind in table)
 
 
-def save_torch_state_dict(sd, path, *, wrap_key: str | None = None) -> None:
-    """torch.save of {key: numpy array}, keeping 0-d tensors 0-d.
-
-    (torch_io.save_state_dict passes values through np.ascontiguousarray, which makes 0-d
-    arrays 1-d, so `logit_scale` would come out (1,) and break strict loading.)"""
-    import torch
-
-    tensors: dict[int, "torch.Tensor"] = {}  # one tensor per array object: aliases stay shared
-    out = OrderedDict()
-    for k, v in sd.items():
-        if id(v) not in tensors:
-            tensors[id(v)] = torch.from_numpy(np.array(v, order="C"))
-        out[k] = tensors[id(v)]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({wrap_key: out} if wrap_key else out, os.fspath(path))
-
-
 def expected_layout(table, abstract: nnx.Module) -> "OrderedDict[str, tuple]":
     """{torch key: torch shape} computed from the model's own parameter shapes."""
     flat = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
@@ -258,4 +242,4 @@ def export_open_clip(clip: CLIP, path) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_file(dict(sd), os.fspath(path))
     else:
-        save_torch_state_dict(sd, path)
+        torch_io.save_state_dict(sd, path)

@@ -61,11 +61,21 @@ def load_state_dict(path: str | os.PathLike, *, unwrap_keys=("state_dict",)) -> 
 
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike,
                     *, wrap_key: str | None = None) -> None:
-    """Write {key: numpy array} as a torch checkpoint (optionally under `wrap_key`)."""
+    """Write {key: numpy array} as a torch checkpoint (optionally under `wrap_key`).
+
+    0-d arrays stay 0-d (`logit_scale` must be a scalar for strict loading), and keys that
+    hold the same array object (DA-CLIP's `visual.*` = `clip.visual.*` aliases) share one
+    tensor, so torch.save stores them once, as the official state_dict does.
+    """
     torch = _torch()
     from collections import OrderedDict
 
-    sd = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state_dict.items())
+    tensors: dict[int, object] = {}
+    sd = OrderedDict()
+    for k, v in state_dict.items():
+        if id(v) not in tensors:
+            tensors[id(v)] = torch.from_numpy(np.array(v, order="C"))
+        sd[k] = tensors[id(v)]
     obj = {wrap_key: sd} if wrap_key else sd
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(obj, os.fspath(path))
