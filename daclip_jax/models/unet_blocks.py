@@ -107,16 +107,24 @@ class LinearAttention(nnx.Module):
         self.to_out = nnx.List([conv(hidden, dim, 1, rngs=rngs, dtype=dtype), ChannelLayerNorm(dim)])
 
     def __call__(self, x, context=None):
-        b, h, w, _ = x.shape
-        n = h * w
-        qkv = self.to_qkv(x).reshape(b, n, 3, self.heads, self.dim_head)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (b, n, heads, d)
-        q = jax.nn.softmax(q, axis=-1) * (self.dim_head ** -0.5)
+        b, h, w, c = x.shape
+        n, hid = h * w, self.heads * self.dim_head
+        qkv = self.to_qkv(x).reshape(b, n, 3, hid)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (b, n, heads*d)
+        q = jax.nn.softmax(q.reshape(b, n, self.heads, self.dim_head), axis=-1).reshape(b, n, hid)
+        q = q * (self.dim_head ** -0.5)
         k = jax.nn.softmax(k, axis=1)
         v = v / n
-        ctx = jnp.einsum("bnhd,bnhe->bhde", k, v)
-        out = jnp.einsum("bhde,bnhd->bnhe", ctx, q).reshape(b, h, w, self.heads * self.dim_head)
-        return self.to_out[1](self.to_out[0](out))
+        # Per-head ctx[d, e] = sum_n k[d, n] v[e, n] as ONE (hid x hid) GEMM masked to its
+        # block diagonal, and to_out's 1x1 conv folded into it: two plain GEMMs over the
+        # pixels instead of head-batched einsums that XLA CPU runs through transposes.
+        ctx = jnp.einsum("bnd,bne->bde", k, v)
+        head = jnp.arange(hid) // self.dim_head
+        ctx = jnp.where(head[:, None] == head[None, :], ctx, 0)
+        w_out = self.to_out[0].kernel[...].reshape(hid, c).astype(ctx.dtype)
+        out = jnp.einsum("bnd,bdc->bnc", q, jnp.einsum("bde,ec->bdc", ctx, w_out))
+        out = out + self.to_out[0].bias[...].astype(out.dtype)
+        return self.to_out[1](out.reshape(b, h, w, c))
 
 
 class CrossAttention(nnx.Module):
