@@ -5,7 +5,11 @@ training distribution) and the wild-IR `random_degrade`. Reference (official cod
 kind): Gaussian noise 438/s, JPEG q10 3085/s, random_degrade 94/s; targets: mixed >= 50 (aim
 200), wild >= 190. Rates use process CPU time (robust to a shared machine), best of `--repeats` runs.
 
-    OMP_NUM_THREADS=1 python benchmarks/degradations.py [--n 100] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/degradations.py [--n 100] [--repeats 3] [--default-malloc]
+
+The allocator is tuned as the training pipeline tunes it (`pipeline.tune_malloc`: freed ~1 MB
+temporaries stay in the heap instead of costing page faults on every reuse); --default-malloc
+measures glibc's defaults instead.
 
 The last column rescales each rate by how fast this machine runs the official noise recipe right
 now (numpy float64 randn, clip, uint8 cast, as `generate_LQ.py` does; 438/s on a quiet machine):
@@ -61,7 +65,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--default-malloc", action="store_true", help="do not tune the allocator")
     args = ap.parse_args()
+    if not args.default_malloc:
+        from daclip_jax.data.pipeline import tune_malloc
+
+        tune_malloc()
     imgs = patches()
     rows = []
     for kind in D.APPLY_ORDER:

