@@ -38,6 +38,7 @@ from daclip_jax.train.configlib import parse_arg, sweep, zipped  # noqa: E402
 def restoration_base(arg):
     c = base_config("restoration")
     c.model.unet = "universal-ir"
+    c.model.unet_overrides = {}    # UNetConfig fields over the preset, e.g. {"nf": 32}
     c.model.init = ""          # UNet weights to fine-tune from (official .pth or our dir)
     c.model.daclip = ""        # frozen DA-CLIP: official .pt, our model dir, ...
     c.model.daclip_name = "ViT-B-32"   # architecture of a random DA-CLIP when daclip is ""

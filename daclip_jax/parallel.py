@@ -223,6 +223,8 @@ def param_spec(name: str, shape: Sequence[int], mesh_axes: Mapping[str, int],
         free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % fsdp == 0]
         if free:
             spec[max(free, key=lambda d: (shape[d], d))] = "fsdp"
+    while spec and spec[-1] is None:  # P(None, None) -> P(): one spelling per layout
+        spec.pop()
     return P(*spec)
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -16,10 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "test_train_helpers.py")
 
 
+JAX_CACHE = os.path.join(tempfile.gettempdir(), "daclip-jax-test-jax-cache")
+
+
 def _env(devices=1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_COMPILATION_CACHE_DIR=JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def _run_helper(workdir, overrides, timeout=120, devices=1):

@@ -13,7 +13,7 @@ from flax import nnx
 
 from daclip_jax import parallel
 from daclip_jax.eval import metrics as M
-from daclip_jax.train.core import Task
+from daclip_jax.train.core import Task, jit_init
 from daclip_jax.train.daclip_task import clamp_logit_scale, clip_config
 
 
@@ -31,7 +31,8 @@ class ClipTask(Task):
 
     def build_model(self, rngs):
         from daclip_jax.models.clip import CLIP
-        return CLIP(clip_config(self.config.model), rngs=rngs)
+        cfg, seed = clip_config(self.config.model), int(self.config.get("seed", 0))
+        return jit_init(lambda: CLIP(cfg, rngs=nnx.Rngs(seed)))
 
     def loss(self, model, batch, rng):
         from daclip_jax.losses import clip_loss

@@ -80,6 +80,18 @@ class Task(abc.ABC):
 
 # ----------------------------------------------------------------------------- helpers
 
+def jit_init(make: Callable[[], nnx.Module]) -> nnx.Module:
+    """Build a randomly initialised module in one compiled call.
+
+    Eager nnx construction dispatches every initialiser op by op (over a minute for the
+    tiny UNet on a busy 2-core machine); tracing it once is seconds. ``make`` must be
+    pure (no file reads); loaded weights go through the converters instead.
+    """
+    graphdef, _ = nnx.split(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.split(make())[1])()
+    return nnx.merge(graphdef, state)
+
+
 def to_global(batch: dict, mesh, keys: Iterable[str] | None = None) -> dict:
     """Per-process numpy batch → global jax arrays sharded along ('data', 'fsdp')."""
     from daclip_jax.data.global_batch import to_global as _to_global
@@ -126,12 +138,12 @@ class Trainer:
     """Builds everything for ``task`` from ``config`` and runs :meth:`train`."""
 
     def __init__(self, config, workdir: str, task: Task, *, resume: str = "latest",
-                 dataset_fn: Callable | None = None):
+                 dataset_fn: Callable | None = None, devices=None):
         self.config, self.task = config, task
         self.workdir = os.path.abspath(workdir)
         tc = config.train
         self.total_steps = int(tc.steps)
-        self.mesh = parallel.make_mesh(dict(config.get("mesh", {"data": -1})))
+        self.mesh = parallel.make_mesh(dict(config.get("mesh", {"data": -1})), devices)
         self.rules = parallel.ShardingRules.from_config(config.get("sharding"))
         parallel.batch_size_per_shard(self.mesh, task.global_batch_size("train"))
         self._dataset_fn = dataset_fn or task.dataset

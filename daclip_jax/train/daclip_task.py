@@ -25,7 +25,7 @@ from flax import nnx
 from daclip_jax import parallel
 from daclip_jax.eval import metrics as M
 from daclip_jax.labels import DEGRADATIONS
-from daclip_jax.train.core import Task
+from daclip_jax.train.core import Task, jit_init
 
 LOGIT_SCALE_MAX = math.log(100)
 
@@ -74,7 +74,8 @@ class DaClipTask(Task):
             from daclip_jax.convert.daclip import load_daclip
             model = load_daclip(mc.init, dtype=cfg.dtype, remat=cfg.remat)
         else:
-            model = DaCLIP(cfg, rngs=rngs)
+            seed = int(self.config.get("seed", 0))
+            model = jit_init(lambda: DaCLIP(cfg, rngs=nnx.Rngs(seed)))
         how = mc.get("controller_init", "zero")
         if how in ("zero", "official"):
             init_controller_from_clip(model, official_init_bug=how == "official")

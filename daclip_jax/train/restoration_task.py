@@ -21,7 +21,7 @@ from flax import nnx
 
 from daclip_jax import parallel
 from daclip_jax.eval import metrics as M
-from daclip_jax.train.core import Task
+from daclip_jax.train.core import Task, jit_init
 
 
 class Restorer(nnx.Module):
@@ -70,12 +70,14 @@ class RestorationTask(Task):
         from daclip_jax.models.unet import ConditionalUNet, UNetConfig
         mc = self.config.model
         ucfg = UNetConfig.named(mc.unet, dtype=mc.get("dtype", "float32"),
-                                remat=bool(mc.get("remat", False)))
+                                remat=bool(mc.get("remat", False)),
+                                **dict(mc.get("unet_overrides") or {}))
         if mc.get("init"):
             from daclip_jax.convert.unet import load_unet
             unet = load_unet(mc.init)
         else:
-            unet = ConditionalUNet(ucfg, rngs=rngs)
+            seed = int(self.config.get("seed", 0))
+            unet = jit_init(lambda: ConditionalUNet(ucfg, rngs=nnx.Rngs(seed)))
         if mc.get("daclip"):
             from daclip_jax.convert.daclip import load_daclip
             daclip = load_daclip(mc.daclip, dtype=mc.get("daclip_dtype", "float32"))
@@ -85,7 +87,9 @@ class RestorationTask(Task):
             import ml_collections
             dc = ml_collections.ConfigDict(dict(name=mc.daclip_name,
                                                 dtype=mc.get("daclip_dtype", "float32")))
-            daclip = DaCLIP(clip_config(dc), rngs=rngs)
+            ccfg = clip_config(dc)
+            seed = int(self.config.get("seed", 0)) + 1
+            daclip = jit_init(lambda: DaCLIP(ccfg, rngs=nnx.Rngs(seed)))
         return Restorer(unet, daclip)
 
     def loss(self, model, batch, rng):
