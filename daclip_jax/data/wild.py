@@ -18,7 +18,9 @@ Differences from the official code, all deliberate:
   centres, no antialiasing, replicated border) as two sparse interpolation matrices built with
   scipy, since PIL's filters differ (antialiased shrinking, cubic a = -0.5).
 - JPEG goes through PIL on RGB, which computes the same Y/Cb/Cr planes as OpenCV on BGR.
-- All randomness comes from one numpy Generator instead of `random` + `np.random`.
+- All randomness comes from one numpy Generator instead of `random` + `np.random`; Gaussian
+  draws are Box-Muller on float32 uniforms (`_common.standard_normal`, tails past 5.77 sigma
+  cut), about twice as fast as numpy's ziggurat.
 """
 
 import functools
@@ -30,7 +32,7 @@ import scipy.sparse
 import scipy.special
 from skimage.draw import disk, line
 
-from daclip_jax.data.degradations._common import LUMA, convolve_reflect
+from daclip_jax.data.degradations._common import LUMA, convolve_reflect, standard_normal
 from daclip_jax.data.degradations.jpeg import encode_decode
 
 WORDS = ("blur", "ringing artifact", "noise", "jpeg block")
@@ -294,8 +296,11 @@ def _poisson(g, lam, exact_below=50.0):
     mean and variance and a skewness of at most 0.14, invisible in image noise, at ~1/5 the cost.
     """
     lam = np.asarray(lam, np.float32)
-    out = np.rint(lam + np.sqrt(lam) * g.standard_normal(lam.shape, dtype=np.float32))
     small = lam < exact_below
+    out = np.empty(lam.shape, np.float32)
+    big = ~small
+    lam_big = lam[big]
+    out[big] = np.rint(lam_big + np.sqrt(lam_big) * standard_normal(g, lam_big.shape))
     out[small] = g.poisson(lam[small])
     return np.maximum(out, 0)
 
@@ -317,7 +322,7 @@ def random_noise(g, img, gauss_prob=0.6):
     if g.uniform() < gauss_prob:
         sigma = g.uniform(1, 5)
         shape = img.shape[:2] + (1,) if g.uniform() < 0.4 else img.shape
-        noise = g.standard_normal(shape, dtype=np.float32) * np.float32(sigma / 255.0)
+        noise = standard_normal(g, shape) * np.float32(sigma / 255.0)
         img = np.clip(img + noise, 0, 1)
     if g.uniform() < 1 - gauss_prob:
         scale = g.uniform(0.01, 0.5)

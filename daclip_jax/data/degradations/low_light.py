@@ -7,6 +7,8 @@ do, not in a re-mosaicked linear raw space; the variance-vs-intensity law is the
 
 import numpy as np
 
+from ._common import standard_normal
+
 
 def sample_params(rng, severity):
     log_shot = rng.uniform(np.log(1e-4), np.log(1.2e-2))
@@ -28,7 +30,7 @@ def darken(x, alpha, beta, gamma):
 def apply(clean, rng, alpha, beta, gamma, shot, read):
     dark = darken(clean, alpha, beta, gamma)
     std = np.sqrt(shot * dark + read).astype(np.float32)
-    out = dark + std * rng.standard_normal(dark.shape, dtype=np.float32)
+    out = dark + std * standard_normal(rng, dark.shape)
     return np.clip(out, 0.0, 1.0).astype(np.float32), {"dark": dark}
 
 

@@ -1,10 +1,13 @@
 """noisy: additive white Gaussian noise (DnCNN/FFDNet protocol), sometimes Poisson.
 
 The official set was clip(x + N(0, (50/255)^2)) saved with astype(uint8) (truncation); we round
-instead (the spec: truncation biases the mean by -0.5/255).
+instead (the spec: truncation biases the mean by -0.5/255). Gaussian draws: `_common.standard_normal`
+(Box-Muller, float32).
 """
 
 import numpy as np
+
+from ._common import standard_normal
 
 
 def sample_params(rng, severity):
@@ -19,7 +22,7 @@ def apply(clean, rng, sigma, gray, model):
     h, w, _ = clean.shape
     shape = (h, w, 1) if gray else (h, w, 3)
     if model == "gaussian":
-        noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma / 255.0)
+        noise = standard_normal(rng, shape) * np.float32(sigma / 255.0)
         noise = np.broadcast_to(noise, clean.shape)
     else:
         # Photon counting with the count scale chosen so the std at x = 0.5 equals sigma/255:
