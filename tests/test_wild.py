@@ -101,6 +101,25 @@ def test_poisson_sampler_moments():
         assert abs(x.var() - lam) < 0.03 * lam + 0.01
 
 
+def test_poisson_table_sampler_matches_the_poisson_pmf():
+    # The inverse-CDF sampler used for quantised images: exact Poisson below lam 50.
+    from scipy import stats
+
+    g = np.random.default_rng(0)
+    for vals, q in ((1.0, 255), (16.0, 3), (64.0, 40), (256.0, 1), (256.0, 49), (256.0, 0)):
+        lam = float(np.float32(q) / np.float32(255.0) * np.float32(vals))
+        x = wild._poisson_table(g, np.full(100_000, q), vals)
+        assert np.all(x == np.round(x)) and x.min() >= 0
+        observed = np.bincount(x.astype(np.int64), minlength=128)[:128] / x.size
+        expected = stats.poisson.pmf(np.arange(128), lam)
+        assert 0.5 * np.abs(observed - expected).sum() < 0.01, (vals, q)
+    # Through _poisson: the same law as numpy's sampler on the quantised levels.
+    q = g.integers(0, 256, 100_000)
+    lam = (q.astype(np.float32) / np.float32(255.0)) * np.float32(64.0)
+    x = wild._poisson(g, lam, levels=(q, 64.0))
+    assert abs(x.mean() - lam.mean()) < 0.05 and abs((x - lam).var() - lam.mean()) < 0.05 * lam.mean()
+
+
 def test_cv2_resize_semantics():
     # Known cv2.resize results on a ramp: half-pixel centres, replicated border, no antialiasing.
     r = np.tile(np.arange(8, dtype=np.float32)[None, :, None], (2, 1, 3))
