@@ -162,3 +162,78 @@ def test_type_balanced_view_round_robins_over_types(tmp_path):
     assert {bal.record_id(i) for i in range(1, 6, 2)} == {f"noisy/GT/{k}.png" for k in (1, 2, 3)}
     sub = S.SubsetSource(src, [0, 3])
     assert S.record_types(sub) == ["hazy", "noisy"] and S.record_types(S.ImageFolderSource(root)) is None
+
+
+def test_compact_reading_is_read_image_bit_for_bit(tmp_path):
+    from daclip_jax.imageio import read_image
+
+    p = make_messy_folder(str(tmp_path / "imgs"))
+    rgb48 = np.zeros((40, 48, 3), np.uint16)
+    rgb48[...] = (np.random.default_rng(9).random((40, 48, 3)) * 65535).astype(np.uint16)
+    p["jpeg"] = _save(f"{tmp_path}/imgs/c/photo.jpg", _rgb(seed=10), quality=80)
+    p["gray_jpeg"] = _save(f"{tmp_path}/imgs/c/gray.jpg", _rgb(seed=11)[..., 0])
+    rotated = Image.fromarray(_rgb(seed=12))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 clockwise on display
+    p["exif"] = f"{tmp_path}/imgs/c/exif.jpg"
+    rotated.save(p["exif"], exif=exif)
+    for name in ("rgb", "rgba", "gray", "palette", "cmyk", "16bit", "jpeg", "gray_jpeg", "exif"):
+        compact = S.read_compact(p[name], min_size=16)
+        # 8-bit RGB/gray PNG and JPEG stay uint8; everything else is read_image's float32
+        plain = name in ("rgb", "gray", "jpeg", "gray_jpeg", "exif")
+        assert compact.dtype == (np.uint8 if plain else np.float32), name
+        ref = read_image(p[name], min_size=16)
+        np.testing.assert_array_equal(S.as_float(compact), ref, err_msg=name)
+    assert S.read_compact(p["exif"]).shape == (48, 40, 3)
+    for bad in ("empty", "text", "truncated"):  # the same one-line errors as read_image
+        with pytest.raises(ImageReadError, match=os.path.basename(p[bad])):
+            S.read_compact(p[bad])
+    with pytest.raises(ImageReadError, match="too small"):
+        S.read_compact(p["small"], min_size=16)
+
+
+class _CountingSource(S.Source):
+    name = "counting"
+
+    def __init__(self, images):
+        self.images, self.reads, self.skipped = images, 0, S.SkipReport()
+
+    def __len__(self):
+        return len(self.images)
+
+    def record_id(self, index):
+        return f"img{index}"
+
+    def load(self, index):
+        self.reads += 1
+        return {"id": self.record_id(index), "gt": self.images[index].copy()}
+
+
+def test_cached_source_is_a_bounded_per_process_lru():
+    import pickle
+
+    images = [_rgb(40, 48, seed=i) for i in range(4)]      # 5760 bytes each as uint8
+    parent = _CountingSource(images)
+    cached = S.CachedSource(parent, max_bytes=2 * images[0].nbytes)
+    for i in (0, 1, 0, 1):
+        rec = cached.load(i)
+        np.testing.assert_array_equal(rec["gt"], images[i])
+    assert parent.reads == 2 and cached.hits == 2
+    assert not rec["gt"].flags.writeable                    # shared: nobody may write into it
+    f = cached[1]                                           # float record: private and writable
+    assert f["gt"].dtype == np.float32 and f["gt"].flags.writeable
+    np.testing.assert_array_equal(f["gt"], images[1].astype(np.float32) / np.float32(255))
+    cached.load(2)                                          # evicts 0, the least recently used
+    assert cached.nbytes <= 2 * images[0].nbytes and parent.reads == 3
+    cached.load(1)
+    assert parent.reads == 3
+    cached.load(0)
+    assert parent.reads == 4
+    # A worker gets a copy without the parent's cache (and fills its own).
+    clone = pickle.loads(pickle.dumps(cached))
+    assert clone.nbytes == 0 and len(clone._cache) == 0
+    np.testing.assert_array_equal(clone.load(3)["gt"], images[3])
+    # Too big for the budget: read every time, never cached.
+    tiny = S.CachedSource(_CountingSource(images), max_bytes=100)
+    tiny.load(0), tiny.load(0)
+    assert tiny.parent.reads == 2 and tiny.nbytes == 0

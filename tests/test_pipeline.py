@@ -97,6 +97,22 @@ def test_same_seed_same_bytes_other_seed_differs(folder):
     assert run(3) == run(3) != run(4)
 
 
+def test_decoded_image_cache_does_not_change_the_bytes(folder):
+    from daclip_jax.data import sources as S
+
+    def run(cache_mb):
+        cfg = _cfg(folder, **{"source.cache_mb": cache_mb})
+        source = PL.build_source(cfg)
+        it = iter(PL.build_pipeline(cfg, seed=5, global_batch_size=4, process_index=0, process_count=1,
+                                    source=source))
+        return _digest(_take(it, 4)), source
+
+    (cached, source), (uncached, plain) = run(64), run(0)
+    assert cached == uncached
+    assert isinstance(source.parent, S.CachedSource) and source.parent.hits > 0
+    assert not isinstance(plain.parent, S.CachedSource)
+
+
 def test_resume_mid_epoch_get_set_state_and_orbax(folder, tmp_path):
     import grain
     import orbax.checkpoint as ocp
