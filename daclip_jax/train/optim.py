@@ -87,9 +87,14 @@ def ema_decay(step, ec):
 def ema_update(ema, params, step, ec):
     """One ``EMA.update()`` call; ``step`` = number of optimiser updates before this one.
 
-    Runs only every ``ec.every`` calls (ema_pytorch ``update_every``); a decay of 0
-    copies the weights, matching ``copy_params_from_model_to_ema`` before warm-up.
+    Runs only every ``ec.every`` calls (ema_pytorch ``update_every``). Up to
+    ``update_after_step`` the EMA copies the weights, and the first update after it copies
+    them once more (ema_pytorch's ``initted`` flag) before averaging, so the average starts
+    from the weights of that step, not from the warm-up copy.
     """
-    do = (step % ec.every) == 0
-    d = jnp.where(do, ema_decay(step, ec), 1.0)
+    every, after = int(ec.every), int(ec.after)
+    first_average = (after // every + 1) * every
+    do = (step % every) == 0
+    d = jnp.where(step <= first_average, 0.0, ema_decay(step, ec))
+    d = jnp.where(do, d, 1.0)
     return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
