@@ -66,23 +66,24 @@ def main():
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--default-malloc", action="store_true", help="do not tune the allocator")
+    ap.add_argument("--only", default="", help="comma-separated row names to run (substring match), "
+                    "e.g. 'wild,mixed'; the calibration row always runs")
     args = ap.parse_args()
     if not args.default_malloc:
         from daclip_jax.data.pipeline import tune_malloc
 
         tune_malloc()
     imgs = patches()
-    rows = []
-    for kind in D.APPLY_ORDER:
-        rows.append((kind, rate(lambda im, r, k=kind: D.degrade(im, k, r), imgs, args.n, args.repeats)))
-    rows.append(("noisy sigma 50 (official 438)", rate(
-        lambda im, r: D.degrade(im, "noisy", r, severity=0.9), imgs, args.n, args.repeats)))
-    rows.append(("jpeg q10 (official 3085)", rate(
-        lambda im, r: D.degrade(im, "jpeg-compressed", r, severity=1.0), imgs, args.n, args.repeats)))
-    rows.append(("mixed stream (target >= 50, aim 200)", rate(
-        lambda im, r: D.degrade(im, D.sample_kinds(r), r), imgs, args.n, args.repeats)))
-    rows.append(("wild random_degrade (official 94, target >= 190)", rate(
-        random_degrade, imgs, args.n, args.repeats)))
+    work = [(kind, lambda im, r, k=kind: D.degrade(im, k, r)) for kind in D.APPLY_ORDER]
+    work += [
+        ("noisy sigma 50 (official 438)", lambda im, r: D.degrade(im, "noisy", r, severity=0.9)),
+        ("jpeg q10 (official 3085)", lambda im, r: D.degrade(im, "jpeg-compressed", r, severity=1.0)),
+        ("mixed stream (target >= 50, aim 200)", lambda im, r: D.degrade(im, D.sample_kinds(r), r)),
+        ("wild random_degrade (official 94, target >= 190)", random_degrade),
+    ]
+    only = [w for w in args.only.split(",") if w]
+    rows = [(name, rate(fn, imgs, args.n, args.repeats)) for name, fn in work
+            if not only or any(w in name for w in only)]
     calib = rate(official_noise, imgs, args.n, args.repeats)
     rows.append(("official noise recipe, for calibration (438 quiet)", calib))
     w = max(len(r[0]) for r in rows)

@@ -280,10 +280,19 @@ def cv2_resize(img, size_hw, mode):
         # OpenCV box-averages only when neither axis grows; otherwise linear area coefficients.
         mode = "area" if (h >= oh and w >= ow) else "area_up"
     ry, rx = resize_matrix(h, oh, mode), resize_matrix(w, ow, mode)
+    img = np.ascontiguousarray(img, dtype=np.float32)
     tmp = (ry @ img.reshape(h, w * c)).reshape(oh, w, c)
-    tmp = np.ascontiguousarray(tmp.transpose(1, 0, 2)).reshape(w, oh * c)
-    out = (rx @ tmp).reshape(ow, oh, c).transpose(1, 0, 2)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    tmp = _swap_hw(tmp).reshape(w, oh * c)
+    return _swap_hw((rx @ tmp).reshape(ow, oh, c))
+
+
+def _swap_hw(a):
+    """(H, W, C) -> (W, H, C), C-contiguous. Moving whole pixels (C floats as one opaque item)
+    is ~2x faster than numpy's element-wise transposed copy."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    h, w, c = a.shape
+    pixels = a.view(np.dtype((np.void, 4 * c))).reshape(h, w)
+    return np.ascontiguousarray(pixels.T).view(np.float32).reshape(w, h, c)
 
 
 def random_resize(g, img, size_hw=None):
