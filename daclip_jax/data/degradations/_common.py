@@ -66,6 +66,16 @@ def _dft_rows(n_fft, n_taps, half=False):
     return np.exp(-2j * np.pi * u * np.arange(n_taps)[None, :] / n_fft).astype(np.complex64)
 
 
+@functools.lru_cache(maxsize=1024)
+def _reflect101(n_out, before, n):
+    """Source indices of a length-n axis reflect-101 padded by `before` and extended to n_out."""
+    t = np.abs(np.arange(n_out) - before)
+    if n == 1:
+        return np.zeros(n_out, np.intp)
+    t = t % (2 * n - 2)
+    return np.where(t >= n, 2 * n - 2 - t, t).astype(np.intp)
+
+
 def convolve_reflect(img, kernel):
     """Convolve HxWxC (or HxW) with a small 2D kernel, reflect (101) padding, via FFT.
 
@@ -77,13 +87,15 @@ def convolve_reflect(img, kernel):
     squeeze = img.ndim == 2
     x = img[None] if squeeze else img.transpose(2, 0, 1)
     c, h, w = x.shape
-    # Channel-first and contiguous: pocketfft over the last two axes is ~5x faster than over (0, 1).
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)), mode="reflect")
-    fh = scipy.fft.next_fast_len(xp.shape[1], real=True)
-    fw = scipy.fft.next_fast_len(xp.shape[2], real=True)
-    fx = scipy.fft.rfft2(xp, s=(fh, fw))
-    fk = _dft_rows(fh, kh) @ kernel.astype(np.complex64) @ _dft_rows(fw, kw, half=True).T
-    y = scipy.fft.irfft2(fx * fk, s=(fh, fw))
+    fh = scipy.fft.next_fast_len(h + 2 * ph, real=True)
+    fw = scipy.fft.next_fast_len(w + 2 * pw, real=True)
+    # Channel-first and contiguous (pocketfft over the last two axes is ~5x faster than over
+    # (0, 1)), reflect-padded straight to the FFT size: xp[i] = x[reflect101(i - ph)]. Past the
+    # kernel's reach the padding is never read by the valid window, whatever it holds.
+    xp = np.take(np.take(x, _reflect101(fh, ph, h), axis=1), _reflect101(fw, pw, w), axis=2)
+    fx = scipy.fft.rfft2(xp)
+    fx *= _dft_rows(fh, kh) @ kernel.astype(np.complex64) @ _dft_rows(fw, kw, half=True).T
+    y = scipy.fft.irfft2(fx, s=(fh, fw))
     # Full linear convolution of the padded image; the "valid" window starts at the kernel size - 1.
     y = y[:, kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
     if squeeze:
