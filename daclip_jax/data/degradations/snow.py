@@ -13,7 +13,7 @@ import math
 import numpy as np
 from scipy.signal import fftconvolve
 
-from ._common import convolve_circular, line_kernel, px
+from ._common import circular_spectrum, convolve_circular, line_kernel, px
 
 # Flake radius range (px at 256^2) and share of the target coverage per size class.
 SIZE_CLASSES = {"small": (0.5, 1.5), "medium": (1.5, 3.0), "large": (3.0, 6.0)}
@@ -58,8 +58,8 @@ def apply(clean, rng, target_coverage, classes, snow_color, veil, veil_t, seed):
         streak = px(g.uniform(0.0, 8.0), clean.shape) if g.uniform() < 0.5 else 0.0
         kernel = flake_kernel(radius, streak, fall_deg + g.uniform(-5, 5))
         u = g.uniform(size=(h, w)).astype(np.float32)
-        layers.append(dict(class_=name, radius_px=radius, streak_px=streak, kernel=kernel,
-                           u=u, mass=float(kernel.sum())))
+        layers.append(dict(class_=name, radius_px=radius, streak_px=streak, u=u, mass=float(kernel.sum()),
+                           spectrum=circular_spectrum(kernel, (h, w))))      # reused by both passes
     share = 1.0 / len(layers)
 
     def render(scale):
@@ -69,7 +69,7 @@ def apply(clean, rng, target_coverage, classes, snow_color, veil, veil_t, seed):
             dens = scale * share * target_coverage / (0.8 * L["mass"])
             # Given u < dens, u / dens is U(0, 1): the same field gives the flake opacity.
             seeds = np.where(L["u"] < dens, 0.6 + 0.4 * L["u"] / dens, 0.0).astype(np.float32)
-            keep *= 1.0 - np.clip(convolve_circular(seeds, L["kernel"]), 0.0, 1.0)
+            keep *= 1.0 - np.clip(convolve_circular(seeds, spectrum=L["spectrum"]), 0.0, 1.0)
         return 1.0 - keep
 
     z = render(1.0)
