@@ -51,9 +51,21 @@ def luma(x):
 
 
 def gaussian_blur(x, sigma, mode="reflect"):
-    """Gaussian smoothing over the two spatial axes of an HxW or HxWxC array."""
+    """Gaussian smoothing over the two spatial axes of an HxW or HxWxC array.
+
+    scipy.ndimage.gaussian_filter's filter (truncated at 3 sigma, normalised). From sigma 2 px
+    on (mode "reflect"), one FFT convolution with the same 2D kernel and the same
+    half-sample-symmetric border is faster than the two 1D passes (2.5x at sigma 10; equal up
+    to float32 round-off, ~3e-7).
+    """
     if sigma <= 0:
         return x
+    if mode == "reflect" and sigma >= 2.0:
+        radius = int(3.0 * sigma + 0.5)
+        t = np.arange(-radius, radius + 1, dtype=np.float64)
+        k = np.exp(-0.5 * (t / sigma) ** 2)
+        k /= k.sum()
+        return convolve_reflect(np.asarray(x, np.float32), np.outer(k, k).astype(np.float32), symmetric=True)
     sig = (sigma, sigma) + (0,) * (x.ndim - 2)
     return scipy.ndimage.gaussian_filter(x, sig, mode=mode, truncate=3.0).astype(np.float32)
 
@@ -67,20 +79,28 @@ def _dft_rows(n_fft, n_taps, half=False):
 
 
 @functools.lru_cache(maxsize=1024)
-def _reflect101(n_out, before, n):
-    """Source indices of a length-n axis reflect-101 padded by `before` and extended to n_out."""
-    t = np.abs(np.arange(n_out) - before)
+def _reflect_index(n_out, before, n, symmetric=False):
+    """Source indices of a length-n axis padded by `before` and extended to n_out.
+
+    reflect-101 (dcb|abcd|cba, OpenCV's default, numpy "reflect") or, with `symmetric`,
+    half-sample symmetric (cba|abcd|dcb, scipy.ndimage "reflect", numpy "symmetric").
+    """
+    t = np.arange(n_out) - before
+    if symmetric:
+        t = t % (2 * n)
+        return np.where(t >= n, 2 * n - 1 - t, t).astype(np.intp)
     if n == 1:
         return np.zeros(n_out, np.intp)
-    t = t % (2 * n - 2)
+    t = np.abs(t) % (2 * n - 2)
     return np.where(t >= n, 2 * n - 2 - t, t).astype(np.intp)
 
 
-def convolve_reflect(img, kernel):
+def convolve_reflect(img, kernel, symmetric=False):
     """Convolve HxWxC (or HxW) with a small 2D kernel, reflect (101) padding, via FFT.
 
     FFT is ~10x faster than a direct 2D filter for kernels above ~9x9 at these sizes, and
     reflect-101 is OpenCV's filter2D border, so a wild-IR blur matches the official one.
+    `symmetric`: half-sample symmetric border instead (scipy.ndimage's "reflect").
     """
     kh, kw = kernel.shape
     ph, pw = kh // 2, kw // 2
@@ -92,7 +112,8 @@ def convolve_reflect(img, kernel):
     # Channel-first and contiguous (pocketfft over the last two axes is ~5x faster than over
     # (0, 1)), reflect-padded straight to the FFT size: xp[i] = x[reflect101(i - ph)]. Past the
     # kernel's reach the padding is never read by the valid window, whatever it holds.
-    xp = np.take(np.take(x, _reflect101(fh, ph, h), axis=1), _reflect101(fw, pw, w), axis=2)
+    xp = np.take(np.take(x, _reflect_index(fh, ph, h, symmetric), axis=1),
+                 _reflect_index(fw, pw, w, symmetric), axis=2)
     fx = scipy.fft.rfft2(xp)
     fx *= _dft_rows(fh, kh) @ kernel.astype(np.complex64) @ _dft_rows(fw, kw, half=True).T
     y = scipy.fft.irfft2(fx, s=(fh, fw))

@@ -64,6 +64,7 @@ def apply(clean, rng, y1, x0, x0_red_shift, x0_blue_shift, penumbra_px, opacity,
     g = np.random.default_rng(seed)
     shape = np.asarray(polygon_matte(g, clean.shape[:2])[0])
     matte = np.clip(gaussian_blur(shape, px(penumbra_px, clean.shape)), 0.0, 1.0)
+    matte[matte < 1e-6] = 0.0      # FFT round-off far from any polygon: leave those pixels untouched
     a, b = darkening(y1, x0, x0_red_shift, x0_blue_shift)
     shadow = np.clip(clean * a + b, 0.0, 1.0)
     m = (matte * opacity)[..., None]
