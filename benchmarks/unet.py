@@ -33,6 +33,7 @@ TITLES = {
     "fwd512": "forward, 1 x 512^2, no grad",
     "sample256": "100-step posterior sampling, 1 x 256^2",
     "large": "tiled restore 4000x3000 (tile 512, overlap 32), 1 step",
+    "large-tiny": "tiled restore 4000x3000 (tile 512, overlap 32), 2 steps, tiny net (nf 32)",
 }
 
 
@@ -70,7 +71,7 @@ def run_item(item, repeats):
     from daclip_jax.models.unet import init_unet
     from daclip_jax.sde import IRSDE
 
-    unet = init_unet("universal-ir", seed=0)
+    unet = init_unet("tiny" if item == "large-tiny" else "universal-ir", seed=0)
     graphdef, params = nnx.split(unet)
     sde = IRSDE(max_sigma=50, T=100, schedule="cosine", eps=0.005)
     rng = np.random.default_rng(0)
@@ -128,14 +129,15 @@ def run_item(item, repeats):
         txt, img = (jnp.asarray(rng.normal(size=(1, 512)), jnp.float32) for _ in range(2))
         res["first_s"], res["s"] = _timeit(lambda: sample(unet, sde, lq, txt, img, jax.random.key(0)), 0)
         res["s"] = res["first_s"]          # one run; includes one compile of the loop (~1 fwd)
-    elif item == "large":
+    elif item in ("large", "large-tiny"):
         from daclip_jax.restore import restore_image
 
         lq = rng.uniform(size=(3000, 4000, 3)).astype(np.float32)
-        txt, img = (jnp.asarray(rng.normal(size=(1, 512)), jnp.float32) for _ in range(2))
+        ctx = unet.cfg.context_dim
+        txt, img = (jnp.asarray(rng.normal(size=(1, ctx)), jnp.float32) for _ in range(2))
         t0 = time.perf_counter()
-        out = restore_image(None, unet, lq, sde, steps=1, tile=512, overlap=32,
-                            contexts=(img, txt), progress=False)
+        out = restore_image(None, unet, lq, sde, steps=1 if item == "large" else 2, tile=512,
+                            overlap=32, contexts=(img, txt), progress=False)
         res["s"] = time.perf_counter() - t0
         res["tiles"] = 7 * 9
         assert out.shape == lq.shape
@@ -147,15 +149,17 @@ def run_item(item, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--item", choices=ITEMS + ("large",))
+    ap.add_argument("--item", choices=ITEMS + ("large", "large-tiny"))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--large", action="store_true")
+    ap.add_argument("--large", action="store_true", help="add the 4000x3000 tiled restore (official net)")
+    ap.add_argument("--large-tiny", action="store_true", help="add it with the tiny net")
     ap.add_argument("--only", nargs="*", choices=ITEMS)
     args = ap.parse_args()
     if args.item:
         print(json.dumps(run_item(args.item, args.repeats)))
         return
-    items = list(args.only or ITEMS) + (["large"] if args.large else [])
+    items = list(args.only if args.only is not None else ITEMS)
+    items += (["large"] if args.large else []) + (["large-tiny"] if args.large_tiny else [])
     rows = []
     for item in items:
         out = subprocess.run([sys.executable, __file__, "--item", item, "--repeats", str(args.repeats)],

@@ -45,6 +45,8 @@ class UNetConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if not isinstance(self.dtype, str):   # accept jnp.bfloat16 / np.dtype too
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.scale not in (1, 1.0, 0.5):
