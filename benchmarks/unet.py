@@ -52,7 +52,7 @@ def _timeit(fn, repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    return first, statistics.median(times) if times else first
 
 
 def _flops(compiled):

@@ -87,3 +87,19 @@ def test_bad_arguments(data):
         sample(OracleNoise(x0, sde), sde, lq, sampler="ddim")
     with pytest.raises(ValueError):
         sample(OracleNoise(x0, sde), sde, lq, steps=0)
+
+
+def test_progress_hook_counts_steps(data):
+    from daclip_jax import sampling
+
+    x0, lq = data
+    sde = IRSDE()
+    seen = []
+    sampling.set_progress(seen.append)
+    try:
+        out = sample(OracleNoise(x0, sde), sde, lq, steps=6, progress=True)
+        jax.block_until_ready(out)
+        jax.effects_barrier()
+    finally:
+        sampling.set_progress(None)
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
