@@ -62,6 +62,8 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 def _in_cluster() -> bool:
     env = os.environ
+    if env.get("DACLIP_JAX_DISTRIBUTED") == "1":  # launchers that rely on auto-detection
+        return True
     if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return True
     # TPU pod slices: several workers listed by the TPU runtime.
