@@ -98,7 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=600, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05))
     c.restoration = ml_collections.ConfigDict(dict(
         unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4))),
-        steps=500, batch_size=4, lr=3e-4, warmup_steps=0, ema_decay=0.0,
+        steps=500, batch_size=4, lr=3e-4, warmup_steps=0,
+        ema_decay=0.99,                       # the EMA weights (model_ema) are evaluated and exported
         sde=ml_collections.ConfigDict(dict(max_sigma=50.0, T=100, schedule="cosine", eps=0.005))))
     c.eval = ml_collections.ConfigDict(dict(
         crops_per_photo=8,                    # patches per held-out photo, each with every type

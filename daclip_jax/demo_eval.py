@@ -234,7 +234,8 @@ def evaluate_and_report(cfg, workdir: str, paths: dict, times: dict) -> dict:
 
     print("== evaluation on the held-out photos", flush=True)
     daclip = load_daclip(os.path.join(workdir, "daclip", "model"))
-    unet = load_unet(os.path.join(workdir, "restoration", "model"))
+    ema = os.path.join(workdir, "restoration", "model_ema")
+    unet = load_unet(ema if os.path.isdir(ema) else os.path.join(workdir, "restoration", "model"))
     sde = make_sde(cfg.restoration.sde)
     data = heldout_set(cfg, paths)
     preds = classify_heldout(daclip, data, int(cfg.eval.batch_size))

@@ -96,7 +96,7 @@ def test_exported_unet_pth_loads(demo_run):
     sd = torch.load(os.path.join(demo_run, "export", "unet.pth"), map_location="cpu", weights_only=True)
     assert "init_conv.weight" in sd and all(isinstance(v, torch.Tensor) for v in sd.values())
     unet = load_unet(os.path.join(demo_run, "export", "unet.pth"))
-    ours = load_unet(os.path.join(demo_run, "restoration", "model"))
+    ours = load_unet(os.path.join(demo_run, "restoration", "model_ema"))  # the evaluated weights
     assert unet.cfg.nf == ours.cfg.nf and unet.cfg.context_dim == ours.cfg.context_dim
     np.testing.assert_allclose(np.asarray(unet.final_conv.kernel.get_value()),
                                np.asarray(ours.final_conv.kernel.get_value()), atol=1e-6)
@@ -151,3 +151,19 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(demo_run, ca
     assert out.count("already trained") == 2
     assert "resumed from checkpoint 4" in out
     assert os.path.isfile(os.path.join(demo_run, "restoration", "done.json"))
+
+
+def test_pretrained_clip_skips_stage_one(demo_run, tmp_path, capsys):
+    """`--config.clip.init=PATH` (here the HF CLIP dir the first run exported) replaces stage 1."""
+    from daclip_jax import demo
+    from daclip_jax.train.configlib import apply_overrides
+
+    cfg = apply_overrides(demo.get_config("smoke"), [
+        ("clip.init", os.path.join(demo_run, "export", "hf_clip")),
+        ("daclip.steps", "2"), ("restoration.steps", "2")])
+    capsys.readouterr()
+    demo.train_stages(cfg, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "stage 1 skipped" in out and not os.path.exists(tmp_path / "clip")
+    for stage in ("daclip", "restoration"):
+        assert os.path.isfile(tmp_path / stage / "done.json")
