@@ -16,21 +16,23 @@ CLI start fast):
 import importlib
 
 from daclip_jax.labels import DEGRADATIONS
+# `preprocess` is both a submodule and the function it exports: bind the function eagerly, or
+# the first `import daclip_jax.preprocess` anywhere would replace it with the module.
+from daclip_jax.preprocess import preprocess
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-      "load_daclip": "daclip_jax.convert.daclip",
-      "tokenize": "daclip_jax.tokenizer",
-      "preprocess": "daclip_jax.preprocess",
-      "classify_degradation": "daclip_jax.classify",
-      "load_unet": "daclip_jax.convert.unet",
-      "IRSDE": "daclip_jax.sde",
-      "restore_image": "daclip_jax.restore",
+    "load_daclip": "daclip_jax.convert.daclip",
+    "tokenize": "daclip_jax.tokenizer",
+    "classify_degradation": "daclip_jax.classify",
+    "load_unet": "daclip_jax.convert.unet",
+    "IRSDE": "daclip_jax.sde",
+    "restore_image": "daclip_jax.restore",
 }
 
-__all__ = ["DEGRADATIONS", *_LAZY]
+__all__ = ["DEGRADATIONS", "preprocess", *_LAZY]
 
 
 def __getattr__(name):
