@@ -57,14 +57,5 @@ class ClipTask(Task):
 
     def export(self, model, path):
         """Our model dir of kind 'clip' (``load_daclip`` wraps it with a fresh controller)."""
-        from daclip_jax.model_io import save_model_dir
-        flat = {"/".join(map(str, p)): np.asarray(v.get_value())
-                for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-        nested: dict = {}
-        for key, v in flat.items():
-            *parents, leaf = key.split("/")
-            node = nested
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = v
-        save_model_dir(path, "clip", model.cfg.to_dict(), nested)  # collective under orbax
+        from daclip_jax.convert.daclip import save_clip
+        save_clip(model, path)  # collective under orbax
