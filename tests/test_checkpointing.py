@@ -55,10 +55,11 @@ def test_exact_resume_after_sigkill(tmp_path):
     ref = _run_helper(tmp_path / "ref", over)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    # same run, killed with a real SIGKILL once checkpoint 4 is committed
+    # same run, killed with a real SIGKILL once checkpoint 4 is committed; the data of
+    # step 6 on never arrives, so however slow the machine the kill lands before the end
     work = tmp_path / "killed"
     cmd = ["timeout", "-k", "5", "120", sys.executable, HELPER, str(work),
-           json.dumps(dict(over, slow_data_s=0.25))]
+           json.dumps(dict(over, hang_from_batch=5))]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     ckpt4 = work / "checkpoints" / "4"

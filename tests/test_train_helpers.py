@@ -29,6 +29,7 @@ def tiny_config(**over):
     c.eval = dict(every=0, batches=1, batch_size=8)
     c.nan_at_batch = -1      # fixture only: poison this training batch with a NaN
     c.slow_data_s = 0.0      # fixture only: sleep per training example (kill -9 test)
+    c.hang_from_batch = -1   # fixture only: training batches from this index on never arrive
     c.export = False
     for k, v in over.items():
         node = c
@@ -59,13 +60,14 @@ def toy_task_class():
             return self.out(jax.nn.gelu(self.head(h)))
 
     class _Example(grain.transforms.Map):
-        def __init__(self, offset, nan_index, sleep_s=0.0):
+        def __init__(self, offset, nan_index, sleep_s=0.0, hang=()):
             self.offset, self.nan_index, self.sleep_s = offset, nan_index, sleep_s
+            self.hang = frozenset(hang)
 
         def map(self, i):
-            if self.sleep_s:
+            if self.sleep_s or int(i) in self.hang:
                 import time
-                time.sleep(self.sleep_s)
+                time.sleep(3600 if int(i) in self.hang else self.sleep_s)
             r = np.random.default_rng(int(i) + self.offset)
             x = r.normal(size=16).astype(np.float32)
             if int(i) == self.nan_index:
@@ -102,8 +104,11 @@ def toy_task_class():
             if nan_at >= 0:
                 nan_index = int(ds[nan_at * bs])
             sleep_s = float(self.config.get("slow_data_s", 0.0)) if split == "train" else 0.0
-            return ds.map(_Example(offset, nan_index, sleep_s / bs)).batch(bs, drop_remainder=True) \
-                .to_iter_dataset()
+            hang_at = int(self.config.get("hang_from_batch", -1)) if split == "train" else -1
+            # the examples of the next few batches (prefetch never reaches further)
+            hang = [int(ds[j]) for j in range(hang_at * bs, (hang_at + 8) * bs)] if hang_at >= 0 else ()
+            return ds.map(_Example(offset, nan_index, sleep_s / bs, hang)) \
+                .batch(bs, drop_remainder=True).to_iter_dataset()
 
     return ToyTask
 
