@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from test_train_helpers import losses_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "test_train_helpers.py")
@@ -33,15 +34,7 @@ def _run_helper(workdir, overrides, timeout=120, devices=1):
     return subprocess.run(cmd, env=_env(devices), capture_output=True, text=True)
 
 
-def _losses(workdir):
-    """step -> loss, the last record of each step winning (a resumed run repeats steps)."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            if "train/loss" in rec:
-                out[rec["step"]] = rec["train/loss"]
-    return out
+_losses = losses_by_step
 
 
 def _params(workdir):

@@ -149,13 +149,19 @@ def _make_task(task, cfg):
     return get_task(cfg.task)(cfg)
 
 
-def _losses(workdir):
+def losses_by_step(workdir):
+    """step -> loss, the last record of each step winning (a resumed run repeats steps)."""
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             rec = json.loads(line)
             if "train/loss" in rec:
                 out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+def _losses(workdir):
+    out = losses_by_step(workdir)
     return [out[k] for k in sorted(out)]
 
 
