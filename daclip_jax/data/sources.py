@@ -658,27 +658,44 @@ def _decode_packed(data: bytes, raw_shape, min_size: int, name: str) -> np.ndarr
 
 # --------------------------------------------------------------------------- helpers for the pipeline
 
-class SubsetSource(Source):
+class WrappedSource(Source):
+    """A source that maps its indices onto another's (`_parent_index`, identity here) and
+    delegates length, ids and descriptions; subclasses change the mapping or `load`."""
+
+    def __init__(self, parent: Source):
+        self.parent, self.name, self.skipped = parent, parent.name, parent.skipped
+
+    def _parent_index(self, index: int) -> int:
+        return index
+
+    def __len__(self):
+        return len(self.parent)
+
+    def load(self, index):
+        return self.parent.load(self._parent_index(index))
+
+    def record_id(self, index):
+        return self.parent.record_id(self._parent_index(index))
+
+    def describe(self, index):
+        return self.parent.describe(self._parent_index(index))
+
+
+class SubsetSource(WrappedSource):
     """A view on `indices` of another source (held-out splits)."""
 
     def __init__(self, parent: Source, indices: Sequence[int]):
-        self.parent, self.indices = parent, np.asarray(indices, dtype=np.int64)
-        self.name, self.skipped = parent.name, parent.skipped
+        super().__init__(parent)
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def _parent_index(self, index: int) -> int:
+        return int(self.indices[index])
 
     def __len__(self):
         return len(self.indices)
 
-    def load(self, index):
-        return self.parent.load(int(self.indices[index]))
 
-    def record_id(self, index):
-        return self.parent.record_id(int(self.indices[index]))
-
-    def describe(self, index):
-        return self.parent.describe(int(self.indices[index]))
-
-
-class TypeBalancedSource(Source):
+class TypeBalancedSource(WrappedSource):
     """Every degradation type equally often, like the official MDDataset's round-robin over types.
 
     Index i -> type i % T, then that type's (i // T) % n_t-th pair: each epoch has
@@ -689,7 +706,7 @@ class TypeBalancedSource(Source):
     def __init__(self, parent: Source, types: Sequence[str]):
         if len(types) != len(parent):
             raise ValueError("one type per record is needed")
-        self.parent, self.name, self.skipped = parent, parent.name, parent.skipped
+        super().__init__(parent)
         groups: dict[str, list[int]] = {}
         for i, t in enumerate(types):
             groups.setdefault(t, []).append(i)
@@ -704,15 +721,6 @@ class TypeBalancedSource(Source):
     def __len__(self):
         return self._len
 
-    def load(self, index):
-        return self.parent.load(self._parent_index(index))
-
-    def record_id(self, index):
-        return self.parent.record_id(self._parent_index(index))
-
-    def describe(self, index):
-        return self.parent.describe(self._parent_index(index))
-
 
 def record_types(source: Source) -> list[str] | None:
     """The degradation folder of every record of a paired source (through subsets), else None."""
@@ -726,7 +734,7 @@ def record_types(source: Source) -> list[str] | None:
     return None
 
 
-class CachedSource(Source):
+class CachedSource(WrappedSource):
     """A bounded in-memory LRU of decoded records (compact form) around another source.
 
     Decoding dominates the per-sample cost of file sources (a 512 px PNG takes as long as most
@@ -737,8 +745,8 @@ class CachedSource(Source):
     """
 
     def __init__(self, parent: Source, max_bytes: int):
-        self.parent, self.max_bytes = parent, int(max_bytes)
-        self.name, self.skipped = parent.name, parent.skipped
+        super().__init__(parent)
+        self.max_bytes = int(max_bytes)
         self._reset()
 
     def _reset(self):
@@ -754,15 +762,6 @@ class CachedSource(Source):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._reset()
-
-    def __len__(self):
-        return len(self.parent)
-
-    def record_id(self, index):
-        return self.parent.record_id(index)
-
-    def describe(self, index):
-        return self.parent.describe(index)
 
     def load(self, index):
         with self._lock:
@@ -788,7 +787,7 @@ class CachedSource(Source):
         return dict(rec)
 
 
-class SafeSource(Source):
+class SafeSource(WrappedSource):
     """Never raises for a bad file: returns a deterministic other record instead and counts it.
 
     Record i that fails is replaced by the first readable record among i+s, i+2s, ... (mod n)
@@ -798,18 +797,9 @@ class SafeSource(Source):
     """
 
     def __init__(self, parent: Source, *, max_tries: int = 32):
-        self.parent, self.max_tries = parent, max_tries
-        self.name, self.skipped = parent.name, parent.skipped
+        super().__init__(parent)
+        self.max_tries = max_tries
         self._bad: set[int] = set()
-
-    def __len__(self):
-        return len(self.parent)
-
-    def record_id(self, index):
-        return self.parent.record_id(index)
-
-    def describe(self, index):
-        return self.parent.describe(index)
 
     def load(self, index):
         imageio = _imageio()
