@@ -266,6 +266,13 @@ def check_header(path: str, min_size: int) -> str | None:
     return None
 
 
+def check_pair(gt: str, lq: str, min_size: int, validate: str) -> str | None:
+    """Index-time check of a (GT, LQ) pair: the GT must be big enough, the LQ readable."""
+    if validate != "header":
+        return None
+    return check_header(gt, min_size) or check_header(lq, 0)
+
+
 def _list_images(root: str) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -384,9 +391,7 @@ class PairedFolderSource(Source):
                 if gt is None:
                     self.skipped.add(lq, "no GT with the same file name")
                     continue
-                reason = None
-                if validate == "header":
-                    reason = check_header(gt, min_size) or check_header(lq, 0)
+                reason = check_pair(gt, lq, min_size, validate)
                 if reason:
                     self.skipped.add(lq, reason)
                 else:
@@ -458,9 +463,7 @@ class CsvSource(Source):
                 except ValueError as e:
                     self.skipped.add(lq, str(e))
                     continue
-                reason = None
-                if validate == "header":
-                    reason = check_header(gt, min_size) or check_header(lq, 0)
+                reason = check_pair(gt, lq, min_size, validate)
                 if reason:
                     self.skipped.add(lq, reason)
                 else:
