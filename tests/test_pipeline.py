@@ -13,6 +13,7 @@ from PIL import Image
 from daclip_jax.data import pipeline as PL
 from daclip_jax.labels import DEGRADATIONS
 from daclip_jax.tokenizer import tokenize
+from daclip_jax.train.configlib import apply_overrides
 
 KINDS = ("noisy", "hazy", "jpeg-compressed", "low-light")
 PATCH = 32
@@ -38,13 +39,7 @@ def _cfg(path, kind="folder", **kw):
     cfg.degradation.kinds = KINDS
     cfg.read_threads = 2
     cfg.prefetch = 4
-    for k, v in kw.items():
-        target = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = v
-    return cfg
+    return apply_overrides(cfg, kw.items())
 
 
 def _take(it, n):

@@ -31,13 +31,8 @@ def tiny_config(**over):
     c.slow_data_s = 0.0      # fixture only: sleep per training example (kill -9 test)
     c.hang_from_batch = -1   # fixture only: training batches from this index on never arrive
     c.export = False
-    for k, v in over.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    from daclip_jax.train.configlib import apply_overrides
+    return apply_overrides(c, over.items())
 
 
 def toy_task_class():
