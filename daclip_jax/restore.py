@@ -82,13 +82,14 @@ def _progress_bar(total, enabled, desc):
 
 
 def restore_image(daclip_model, unet, lq, sde, steps=100, sampler="posterior", seed=0, tile=None,
-                  overlap=32, *, contexts=None, progress=True):
+                  overlap=32, *, contexts=None, progress=True, clip_x0=False):
     """Restore one LQ image.
 
     lq: float32 (H, W, 3) RGB in [0, 1], any size. sde: an `IRSDE` (the training one; `steps`
     < sde.T uses the official sample_T scaling). tile: tile size in pixels (None: whole image
     up to AUTO_TILE_PIXELS, tiles of AUTO_TILE above). contexts: precomputed
-    (image_context, text_context) instead of running `daclip_model`.
+    (image_context, text_context) instead of running `daclip_model`. clip_x0: clip the
+    sampler's x0 estimates to [0, 1] (daclip_jax.sampling; for briefly trained networks).
     Returns float32 (H, W, 3) in [0, 1].
     """
     lq = np.asarray(lq, np.float32)
@@ -104,7 +105,8 @@ def restore_image(daclip_model, unet, lq, sde, steps=100, sampler="posterior", s
 
     def run(crop, offset):
         return sampling.sample(unet, sde, crop[None], text_context, image_context, key, steps,
-                               sampler, offset=offset, full_width=W, progress=progress)[0]
+                               sampler, offset=offset, full_width=W, progress=progress,
+                               clip_x0=clip_x0)[0]
 
     if tile is None or (H <= tile and W <= tile):
         with _progress_bar(steps, progress, "restore"):

@@ -6,6 +6,11 @@ Samplers (official `IRSDE.reverse_*`):
 - "sde": Euler-Maruyama on the reverse SDE.
 - "ode": the probability-flow ODE (deterministic after the start state).
 
+`clip_x0=True` (posterior only; not in the reference, off by default) clips each step's x0
+estimate to the image range [0, 1] before the posterior draw, as DDPM's `clip_denoised`:
+official weights do not need it; a briefly trained network (the CPU demo) does, because the
+x0 estimate multiplies the network's noise error by up to 1/eps early in the reverse run.
+
 Fewer steps than the training T use the official `sample_T` mechanism (`IRSDE.for_sampling`):
 the schedule is rebuilt with `steps` steps (dt rescaled so it still ends at eps) and the
 network sees `t * T/steps`.
@@ -60,7 +65,7 @@ def pixel_noise(key, shape, offset=(0, 0), full_width=None):
 
 
 def reverse_loop(noise_fn, sde: IRSDE, x, mu, *, sampler="posterior", noise=None, draws=None,
-                 return_path=False, progress=False):
+                 return_path=False, progress=False, clip_x0=False):
     """Run t = T..1 with `noise_fn(x, t_model) -> predicted noise` (t_model = t * time_scale).
 
     The per-step Gaussians come from `draws[k]` (k-th step, t = T-k) when given, else from
@@ -68,6 +73,9 @@ def reverse_loop(noise_fn, sde: IRSDE, x, mu, *, sampler="posterior", noise=None
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if clip_x0 and sampler != "posterior":
+        raise ValueError(f"clip_x0 needs the posterior sampler (got {sampler!r})")
+    x0_range = (0.0, 1.0) if clip_x0 else None
     ts = jnp.arange(sde.T, 0, -1, dtype=jnp.int32)
 
     def step(x, inp):
@@ -75,7 +83,7 @@ def reverse_loop(noise_fn, sde: IRSDE, x, mu, *, sampler="posterior", noise=None
         eps_hat = noise_fn(x, t.astype(jnp.float32) * jnp.float32(sde.time_scale))
         if sampler == "posterior":
             z = noise(t) if z is None else z
-            x = sde.reverse_posterior_step(x, mu, eps_hat, t, z)
+            x = sde.reverse_posterior_step(x, mu, eps_hat, t, z, x0_range)
         elif sampler == "sde":
             z = noise(t) if z is None else z
             x = sde.reverse_sde_step(x, mu, sde.score_from_noise(eps_hat, t), t, z)
@@ -89,9 +97,10 @@ def reverse_loop(noise_fn, sde: IRSDE, x, mu, *, sampler="posterior", noise=None
     return (x, path) if return_path else x
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "return_path", "progress", "full_width"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampler", "return_path", "progress", "full_width",
+                                             "clip_x0"))
 def _sample(graphdef, state, sde, lq, text_context, image_context, key, x_T, offset, *,
-            sampler, return_path, progress, full_width):
+            sampler, return_path, progress, full_width, clip_x0):
     unet = nnx.merge(graphdef, state)
     b = lq.shape[0]
 
@@ -104,12 +113,12 @@ def _sample(graphdef, state, sde, lq, text_context, image_context, key, x_T, off
     if x_T is None:
         x_T = sde.noise_state(lq, z=noise(sde.T + 1))
     return reverse_loop(noise_fn, sde, x_T, lq, sampler=sampler, noise=noise,
-                        return_path=return_path, progress=progress)
+                        return_path=return_path, progress=progress, clip_x0=clip_x0)
 
 
 def sample(unet, sde: IRSDE, lq, text_context=None, image_context=None, key=None, steps=None,
            sampler="posterior", *, x_T=None, return_path=False, progress=False,
-           offset=(0, 0), full_width=None):
+           offset=(0, 0), full_width=None, clip_x0=False):
     """Restore `lq` (B, H, W, 3) float32 with the compiled reverse process.
 
     text_context / image_context: the DA-CLIP degradation / content embeddings (B, ctx).
@@ -117,7 +126,8 @@ def sample(unet, sde: IRSDE, lq, text_context=None, image_context=None, key=None
     x_T: start state (default LQ + max_sigma * z). return_path: also return every
     intermediate state (steps, B, H, W, 3) -- for pictures of small images only.
     offset/full_width: where `lq` sits in a larger image (tiling: the noise is cut from the
-    whole image's noise field).
+    whole image's noise field). clip_x0: clip the x0 estimates to [0, 1] (posterior only;
+    see the module docstring).
     """
     key = jax.random.key(0) if key is None else key
     steps = sde.T if steps is None else int(steps)
@@ -125,4 +135,4 @@ def sample(unet, sde: IRSDE, lq, text_context=None, image_context=None, key=None
     lq = jnp.asarray(lq, jnp.float32)
     return _sample(graphdef, state, sde.for_sampling(steps), lq, text_context, image_context, key,
                    x_T, jnp.asarray(offset, jnp.int32), sampler=sampler, return_path=return_path,
-                   progress=progress, full_width=full_width)
+                   progress=progress, full_width=full_width, clip_x0=bool(clip_x0))

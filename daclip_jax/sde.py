@@ -99,6 +99,11 @@ class IRSDE:
         return (f"IRSDE(max_sigma={self.max_sigma * 255:g}/255, T={self.T}, schedule={self.schedule!r}, "
                 f"eps={self.eps}, time_scale={self.time_scale:g})")
 
+    def to_dict(self) -> dict:
+        """The constructor arguments (max_sigma on the 0..255 scale, as the official configs)."""
+        return dict(max_sigma=round(self.max_sigma * 255, 6), T=self.T, schedule=self.schedule,
+                    eps=self.eps)
+
     def for_sampling(self, steps: int) -> "IRSDE":
         """The official `sample_T` mechanism: sampling with fewer steps than training.
 
@@ -168,8 +173,14 @@ class IRSDE:
         log_var = jnp.log(jnp.maximum(var, 1e-20 * self.dt))   # the clamp keeps t=1 finite
         return jnp.exp(0.5 * log_var) * jnp.float32(self.max_sigma)
 
-    def reverse_posterior_step(self, xt, mu, noise, t, z):
+    def reverse_posterior_step(self, xt, mu, noise, t, z, x0_range=None):
+        """Official posterior step; `x0_range=(lo, hi)` clips the x0 estimate first (not in
+        the reference; DDPM's `clip_denoised`), which bounds what an imprecise network can
+        do: x0_hat = (x_t - mu - sigma_bar eps_hat) e^{theta_bar t} + mu multiplies noise errors by
+        up to 1/eps at large t."""
         x0 = self.get_init_state_from_noise(xt, mu, noise, t)
+        if x0_range is not None:
+            x0 = jnp.clip(x0, *x0_range)
         mean = self.reverse_optimum_step(xt, x0, mu, t)
         return mean + self.reverse_optimum_std(t, xt.ndim) * z
 
@@ -225,3 +236,34 @@ class IRSDE:
         else:
             raise ValueError(f"invalid loss type {loss_type!r}")
         return jnp.mean(jnp.mean(per.reshape(per.shape[0], -1), axis=1))
+
+
+# ----------------------------------------------------------------------------- saved settings
+
+SDE_FILE = "sde.json"    # next to trained UNet weights: the SDE they were trained with
+RELEASED = dict(max_sigma=50, T=100, schedule="cosine", eps=0.005)   # universal-ir / wild-ir
+
+
+def save_sde_settings(sde: IRSDE, directory) -> str:
+    import json
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, SDE_FILE)
+    with open(path, "w") as f:
+        json.dump(sde.to_dict(), f, indent=1)
+    return path
+
+
+def sde_for_weights(path) -> IRSDE:
+    """The SDE a UNet was trained with: `<dir>/sde.json` when `path` is (or sits in) a folder
+    that has one, else the released checkpoints' settings (RELEASED)."""
+    import json
+    import os
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    settings = os.path.join(folder, SDE_FILE)
+    if os.path.isfile(settings):
+        with open(settings) as f:
+            return IRSDE(**{k: v for k, v in json.load(f).items() if k in RELEASED})
+    return IRSDE(**RELEASED)

@@ -137,3 +137,29 @@ def test_cli_restore(tmp_path, daclip, unet, lq, capsys):
                  str(src / "rgb.png"), "--out", str(out / "again"), "--steps", "2", "--tile", "16",
                  "--overlap", "4", "--sampler", "ode", "--no-progress"])
     assert code == 0 and os.listdir(out / "again") == ["rgb.png"]
+
+
+def test_cli_restore_samples_with_the_sde_saved_beside_the_weights(tmp_path, daclip, unet, lq):
+    """A UNet trained with other SDE settings (the demo writes sde.json next to unet.pth) is
+    sampled with them; --clip-x0 reaches the sampler."""
+    from daclip_jax.cli import main
+    from daclip_jax.convert.daclip import save_daclip
+    from daclip_jax.convert.unet import export_unet_pth
+    from daclip_jax.imageio import read_image
+    from daclip_jax.sde import save_sde_settings
+
+    save_daclip(daclip, tmp_path / "daclip")
+    export_unet_pth(unet, tmp_path / "unet.pth")
+    trained = IRSDE(max_sigma=10, T=20, eps=0.05)
+    save_sde_settings(trained, tmp_path)
+    Image.fromarray((lq[:24, :20] * 255).astype(np.uint8)).save(tmp_path / "rgb.png")
+    code = main(["restore", "--daclip", str(tmp_path / "daclip"), "--unet", str(tmp_path / "unet.pth"),
+                 str(tmp_path / "rgb.png"), "--out", str(tmp_path / "out"), "--steps", "4",
+                 "--clip-x0", "--no-progress"])
+    assert code == 0
+    got = read_image(str(tmp_path / "out" / "rgb.png"))
+    small = read_image(str(tmp_path / "rgb.png"))
+    want = restore_image(daclip, unet, small, trained, steps=4, clip_x0=True, progress=False)
+    np.testing.assert_allclose(got, np.round(want * 255) / 255, atol=1.01 / 255)
+    released = restore_image(daclip, unet, small, IRSDE(), steps=4, clip_x0=True, progress=False)
+    assert np.abs(released - want).max() > 4 / 255      # the settings made a difference

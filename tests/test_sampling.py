@@ -103,3 +103,25 @@ def test_progress_hook_counts_steps(data):
     finally:
         sampling.set_progress(None)
     assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+
+
+class ConstantNoise(nnx.Module):
+    """A badly wrong network: the same large noise everywhere."""
+
+    def __call__(self, xt, cond, t_model, text_context=None, image_context=None):
+        return jnp.full_like(xt, 3.0)
+
+
+def test_clip_x0_keeps_the_oracle_exact_and_bounds_a_bad_network(data):
+    x0, lq = data
+    sde = IRSDE()
+    oracle = OracleNoise(x0, sde.for_sampling(20))
+    out = sample(oracle, sde, lq, key=jax.random.key(3), steps=20, clip_x0=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x0), atol=2e-5)   # x0 is in [0, 1]
+
+    raw = sample(ConstantNoise(), sde, lq, key=jax.random.key(0), steps=20)
+    clipped = sample(ConstantNoise(), sde, lq, key=jax.random.key(0), steps=20, clip_x0=True)
+    assert float(jnp.abs(raw).max()) > 2          # the official step leaves the image range
+    assert -0.05 <= float(clipped.min()) and float(clipped.max()) <= 1.05
+    with pytest.raises(ValueError, match="posterior"):
+        sample(oracle, sde, lq, steps=20, sampler="ode", clip_x0=True)

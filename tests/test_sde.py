@@ -127,3 +127,16 @@ def test_for_sampling_official_sample_T():
     close(jnp.exp(-s25.thetas_cumsum[-1] * s25.dt), 0.005)
     with pytest.raises(ValueError):
         sde.for_sampling(101)
+
+
+def test_sde_settings_travel_with_the_weights(tmp_path):
+    from daclip_jax.sde import RELEASED, save_sde_settings, sde_for_weights
+
+    assert sde_for_weights(str(tmp_path)).to_dict() == IRSDE(**RELEASED).to_dict()   # no file
+    sde = IRSDE(max_sigma=10, T=40, schedule="cosine", eps=0.01)
+    save_sde_settings(sde, tmp_path)
+    (tmp_path / "unet.pth").write_bytes(b"")
+    for where in (tmp_path, tmp_path / "unet.pth"):   # a model dir, or a file beside sde.json
+        got = sde_for_weights(str(where))
+        assert got.to_dict() == dict(max_sigma=10, T=40, schedule="cosine", eps=0.01)
+        np.testing.assert_array_equal(np.asarray(got.sigma_bars), np.asarray(sde.sigma_bars))

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=100,
                    help="reverse steps (<= T = 100; fewer use the official sample_T scaling)")
     p.add_argument("--sampler", choices=("posterior", "sde", "ode"), default="posterior")
+    p.add_argument("--clip-x0", action="store_true",
+                   help="clip the posterior sampler's x0 estimates to [0, 1] (not in the official "
+                        "sampler; steadies briefly trained nets such as the demo's)")
     p.add_argument("--tile", type=int, default=None,
                    help="tile size in pixels (default: whole image up to 1 Mpx, 512 above)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
@@ -70,7 +73,7 @@ def run(args) -> int:
     from daclip_jax.labels import DEGRADATIONS
     from daclip_jax.preprocess import clip_view
     from daclip_jax.restore import daclip_contexts, restore_image
-    from daclip_jax.sde import IRSDE
+    from daclip_jax.sde import sde_for_weights
 
     try:
         daclip = load_daclip(args.daclip)
@@ -78,7 +81,8 @@ def run(args) -> int:
     except (OSError, ValueError, ImportError) as e:
         print(f"error: cannot load the models: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    sde = IRSDE(max_sigma=50, T=100, schedule="cosine", eps=0.005)   # the released nets' SDE
+    sde = sde_for_weights(args.unet)   # sde.json next to the weights, else the released nets'
+
     if not 1 <= args.steps <= sde.T:
         print(f"error: --steps must be in [1, {sde.T}]", file=sys.stderr)
         return 2
@@ -98,7 +102,7 @@ def run(args) -> int:
         contexts = daclip_contexts(daclip, lq)
         out = restore_image(daclip, unet, lq, sde, steps=args.steps, sampler=args.sampler,
                             seed=args.seed, tile=args.tile, overlap=args.overlap,
-                            contexts=contexts, progress=args.progress)
+                            contexts=contexts, progress=args.progress, clip_x0=args.clip_x0)
         dest = _out_path(args.out, path, used)
         write_png(dest, out)
         top = int(np.argmax(probs))

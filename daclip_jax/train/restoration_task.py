@@ -113,7 +113,8 @@ class RestorationTask(Task):
             image_context, degra_context = _contexts(graphdef, state, b["lq_clip"])
             out = sample(model.unet, self.sde, b["lq"], degra_context, image_context,
                          jax.random.fold_in(key, i), steps=int(ec.get("sample_steps", 20)),
-                         sampler=ec.get("sampler", "posterior"))
+                         sampler=ec.get("sampler", "posterior"),
+                         clip_x0=bool(ec.get("clip_x0", False)))
             out, gt, lq, kinds = parallel.fetch((out, b["gt"], b["lq"], b["degradation_index"]))
             out = np.clip(out, 0, 1)
             for o, g, k in zip(out, gt, kinds):
@@ -127,4 +128,7 @@ class RestorationTask(Task):
 
     def export(self, model, path):
         from daclip_jax.convert.unet import save_unet
+        from daclip_jax.sde import save_sde_settings
         save_unet(model.unet, path)
+        if jax.process_index() == 0:   # `restore` reads it: the SDE these weights expect
+            save_sde_settings(self.sde, path)
