@@ -23,21 +23,28 @@ from daclip_jax.labels import DEGRADATIONS
 SCALE = 100.0
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _probs(graphdef, state, images, word_tokens):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _probs(graphdef, state, images, word_tokens, control=True):
     model = nnx.merge(graphdef, state)
-    _, degra = model.encode_image(images, control=True, normalize=True)
+    if control:
+        _, degra = model.encode_image(images, control=True, normalize=True)
+    else:   # the frozen CLIP's own image embedding: the baseline the controller improves on
+        degra = model.encode_image(images, normalize=True)
     text = model.encode_text(word_tokens, normalize=True)
     return jax.nn.softmax(SCALE * degra @ text.T, axis=-1)
 
 
-def classify_degradation(model, images, words: Sequence[str] = DEGRADATIONS) -> np.ndarray:
-    """(N, H, W, 3) CLIP-preprocessed images -> (N, len(words)) probabilities."""
+def classify_degradation(model, images, words: Sequence[str] = DEGRADATIONS, *,
+                         control: bool = True) -> np.ndarray:
+    """(N, H, W, 3) CLIP-preprocessed images -> (N, len(words)) probabilities.
+
+    control=False scores the plain CLIP image embedding instead of the controller's
+    degradation embedding (what zero-shot CLIP would answer without DA-CLIP)."""
     from daclip_jax.tokenizer import tokenize
 
     tokens = jnp.asarray(tokenize(list(words), context_length=model.cfg.context_length))
     graphdef, state = nnx.split(model)
-    return np.asarray(_probs(graphdef, state, jnp.asarray(images, jnp.float32), tokens))
+    return np.asarray(_probs(graphdef, state, jnp.asarray(images, jnp.float32), tokens, control))
 
 
 def classify_files(model, paths: Sequence[str | os.PathLike], *, batch_size: int = 8,

@@ -66,10 +66,13 @@ HELDOUT = ("coffee", "rocket", "camera", "coins")
 
 
 def _demo_clip_arch() -> dict:
-    """A small ViT CLIP for 64 px views (8 px patches = 8x8 tokens + class token)."""
+    """A small ViT CLIP for 64 px views (8 px patches = 8x8 tokens + class token).
+
+    Heads are 64 wide, open_clip's convention, so the exported daclip.pt is read back (by our
+    importer and by open_clip's defaults) with the right head counts from its shapes alone."""
     return dict(embed_dim=64, image_size=64, patch_size=8, vision_width=128, vision_layers=4,
-                vision_head_width=32, context_length=77, vocab_size=49408, text_width=64,
-                text_heads=2, text_layers=3, quick_gelu=False)
+                vision_head_width=64, context_length=77, vocab_size=49408, text_width=64,
+                text_heads=1, text_layers=3, quick_gelu=False)
 
 
 def _demo_unet_arch(context_dim: int) -> dict:
@@ -93,18 +96,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.clip = ml_collections.ConfigDict(dict(
         init="",                              # pretrained CLIP/DA-CLIP (open_clip, HF, .pt): skip stage 1
         arch=_demo_clip_arch(),
-        steps=300, batch_size=32, lr=1e-3, warmup_steps=30, weight_decay=0.1))
+        steps=300, batch_size=32, lr=1e-3, warmup_steps=30, weight_decay=0.1, adam_eps=1e-6))
     c.daclip = ml_collections.ConfigDict(dict(
-        steps=600, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05))
+        steps=800, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05, adam_eps=1e-6))
     c.restoration = ml_collections.ConfigDict(dict(
         unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4))),
-        steps=500, batch_size=4, lr=3e-4, warmup_steps=0,
+        steps=500, batch_size=4, lr=1e-3, warmup_steps=0,
+        adam_eps=1e-8,                        # torch's default, as the official IR-SDE: the
+                                              # matching loss's gradients are ~1e-6 per weight
         ema_decay=0.99,                       # the EMA weights (model_ema) are evaluated and exported
         sde=ml_collections.ConfigDict(dict(max_sigma=50.0, T=100, schedule="cosine", eps=0.005))))
     c.eval = ml_collections.ConfigDict(dict(
         crops_per_photo=8,                    # patches per held-out photo, each with every type
         restore_crops_per_photo=2,            # of those, restored (the sampler is the costly part)
         sample_steps=20, sampler="posterior", batch_size=40,
+        clip_x0=True,                         # x0 estimates clipped to [0, 1] (daclip_jax.sampling)
         grid_photos=("coffee", "camera")))    # held-out photos shown in the before/after grid
     c.log_every = 25
     c.export = True
@@ -115,7 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.patch_size = 32
         c.data.read_threads = 1
         c.clip.arch = dict(_demo_clip_arch(), image_size=32, vision_width=64, vision_layers=2,
-                           text_layers=1, embed_dim=32, text_width=32)
+                           text_layers=1, embed_dim=32)
         c.clip.steps, c.clip.batch_size, c.clip.warmup_steps = 4, 8, 1
         c.daclip.steps, c.daclip.batch_size, c.daclip.warmup_steps = 4, 8, 1
         c.restoration.steps, c.restoration.batch_size = 4, 4
@@ -207,7 +213,7 @@ def trainer_config(task: str, cfg, paths: dict, stage) -> ml_collections.ConfigD
     c.train = ml_collections.ConfigDict(dict(
         steps=int(stage.steps), batch_size=int(stage.batch_size), lr=float(stage.lr),
         warmup_steps=int(stage.get("warmup_steps", 0)), schedule="cosine", end_lr=0.0,
-        weight_decay=float(stage.get("weight_decay", 0.0)), b1=0.9, b2=0.98, eps=1e-6,
+        weight_decay=float(stage.get("weight_decay", 0.0)), b1=0.9, b2=0.98, eps=float(stage.adam_eps),
         grad_clip_norm=0.0, accum_steps=1, log_every=int(cfg.log_every)))
     c.ema = ml_collections.ConfigDict(dict(decay=float(stage.get("ema_decay", 0.0)), every=1,
                                            after=0, inv_gamma=1.0, power=2 / 3))

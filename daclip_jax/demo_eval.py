@@ -59,8 +59,9 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
     return x if len(x) == size else np.concatenate([x, np.repeat(x[-1:], size - len(x), 0)])
 
 
-def classify_heldout(daclip, data: dict, batch_size: int) -> np.ndarray:
-    """Predicted type index per sample (the `classify` rule)."""
+def classify_heldout(daclip, data: dict, batch_size: int, *, control: bool = True) -> np.ndarray:
+    """Predicted type index per sample (the `classify` rule; control=False: the frozen CLIP
+    alone, without the controller)."""
     from tqdm import tqdm
 
     from daclip_jax.classify import classify_degradation
@@ -68,9 +69,10 @@ def classify_heldout(daclip, data: dict, batch_size: int) -> np.ndarray:
 
     size = daclip.cfg.image_size
     preds = []
-    for s in tqdm(_batches(len(data["lq"]), batch_size), desc="classify held-out", unit="batch"):
+    desc = "classify held-out" + ("" if control else " (CLIP alone)")
+    for s in tqdm(_batches(len(data["lq"]), batch_size), desc=desc, unit="batch"):
         views = np.stack([clip_view(x, size=size) for x in data["lq"][s]])
-        probs = classify_degradation(daclip, _padded(views, batch_size))
+        probs = classify_degradation(daclip, _padded(views, batch_size), control=control)
         preds.append(np.argmax(probs[:len(views)], axis=-1))
     return np.concatenate(preds)
 
@@ -96,7 +98,7 @@ def restore_heldout(daclip, unet, sde, data: dict, cfg) -> np.ndarray:
         image_context, degra_context = contexts(daclip, views)
         restored = sample(unet, sde, jnp.asarray(lq), degra_context, image_context,
                           jax.random.fold_in(key, i), steps=int(cfg.eval.sample_steps),
-                          sampler=cfg.eval.sampler)
+                          sampler=cfg.eval.sampler, clip_x0=bool(cfg.eval.clip_x0))
         out.append(np.clip(np.asarray(restored, np.float32)[:n], 0, 1))
     return np.concatenate(out)
 
@@ -106,13 +108,19 @@ def subset(data: dict, keep: np.ndarray) -> dict:
                 photo=[p for p, k in zip(data["photo"], keep) if k])
 
 
-def scores(data: dict, preds: np.ndarray, rdata: dict, restored: np.ndarray) -> dict:
-    """Classification on `data`, restoration metrics on `rdata` (a subset restored)."""
+def scores(data: dict, preds: np.ndarray, rdata: dict, restored: np.ndarray,
+           clip_preds: np.ndarray | None = None) -> dict:
+    """Classification on `data` (DA-CLIP; `clip_preds`: the frozen CLIP alone), restoration
+    metrics on `rdata` (a subset restored)."""
     from daclip_jax.eval import metrics as M
 
     cm = M.confusion_matrix(data["kind"], preds, len(DEGRADATIONS))
     acc = M.zero_shot_accuracy(cm)
-    per = {name: dict(accuracy=acc.get(f"accuracy/{name}", float("nan"))) for name in DEGRADATIONS}
+    clip_acc = ({} if clip_preds is None else
+                M.zero_shot_accuracy(M.confusion_matrix(data["kind"], clip_preds, len(DEGRADATIONS))))
+    per = {name: dict(accuracy=acc.get(f"accuracy/{name}", float("nan")),
+                      clip_accuracy=clip_acc.get(f"accuracy/{name}", float("nan")))
+           for name in DEGRADATIONS}
     values = {m: np.zeros(len(rdata["kind"])) for m in ("psnr_in", "psnr_out", "ssim_in", "ssim_out")}
     for i, (lq, gt, out) in enumerate(zip(rdata["lq"], rdata["gt"], restored)):
         values["psnr_in"][i], values["psnr_out"][i] = M.psnr(gt, lq), M.psnr(gt, out)
@@ -125,6 +133,7 @@ def scores(data: dict, preds: np.ndarray, rdata: dict, restored: np.ndarray) -> 
     overall = {m: float(v.mean()) for m, v in values.items()}
     overall["psnr_gain"] = overall["psnr_out"] - overall["psnr_in"]
     overall["accuracy"] = acc.get("accuracy", float("nan"))
+    overall["clip_accuracy"] = clip_acc.get("accuracy", float("nan"))
     return dict(per_type=per, overall=overall, confusion=cm.tolist(),
                 samples=int(len(data["kind"])), restored_samples=int(len(rdata["kind"])),
                 values={m: v.tolist() for m, v in values.items()})
@@ -132,8 +141,9 @@ def scores(data: dict, preds: np.ndarray, rdata: dict, restored: np.ndarray) -> 
 
 # ----------------------------------------------------------------------------- export
 
-def export_torch(daclip, unet, export_dir: str) -> dict:
-    """PyTorch weights: official DA-CLIP .pt, official UNet .pth, HF CLIP dir."""
+def export_torch(daclip, unet, export_dir: str, sde=None) -> dict:
+    """PyTorch weights: official DA-CLIP .pt, official UNet .pth, HF CLIP dir (+ `sde.json`,
+    the SDE settings the UNet was trained with, which `restore` reads next to unet.pth)."""
     from daclip_jax.convert.daclip import export_daclip_pt
     from daclip_jax.convert.hf_clip import export_hf_clip
     from daclip_jax.convert.unet import export_unet_pth
@@ -145,6 +155,9 @@ def export_torch(daclip, unet, export_dir: str) -> dict:
     export_daclip_pt(daclip, out["daclip"])
     export_unet_pth(unet, out["unet"])
     export_hf_clip(daclip.clip, out["hf_clip"])
+    if sde is not None:
+        from daclip_jax.sde import save_sde_settings
+        out["sde"] = save_sde_settings(sde, export_dir)
     return out
 
 
@@ -200,8 +213,9 @@ def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, rest
     R.plot_confusion(np.asarray(summary["confusion"]), DEGRADATIONS, os.path.join(rdir, "confusion.png"))
     before_after_grid(rdata, restored, list(cfg.eval.grid_photos), os.path.join(rdir, "before_after.png"))
     per, ov = summary["per_type"], summary["overall"]
-    acc_rows = [(n, int(np.sum(data["kind"] == k)), per[n]["accuracy"]) for k, n in enumerate(DEGRADATIONS)]
-    acc_rows.append(("**all**", summary["samples"], ov["accuracy"]))
+    acc_rows = [(n, int(np.sum(data["kind"] == k)), per[n]["clip_accuracy"], per[n]["accuracy"])
+                for k, n in enumerate(DEGRADATIONS)]
+    acc_rows.append(("**all**", summary["samples"], ov["clip_accuracy"], ov["accuracy"]))
     img_rows = [(n, per[n]["psnr_in"], per[n]["psnr_out"], per[n]["psnr_gain"], per[n]["ssim_in"],
                  per[n]["ssim_out"]) for n in DEGRADATIONS]
     img_rows.append(("**all**", ov["psnr_in"], ov["psnr_out"], ov["psnr_gain"], ov["ssim_in"], ov["ssim_out"]))
@@ -217,8 +231,12 @@ def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, rest
         ("Setup", setup),
         ("Training losses", "![loss curves](loss_curves.png)"),
         ("Degradation classification (DA-CLIP zero-shot, held-out)",
-         R.markdown_table(["type", "samples", "accuracy"], acc_rows) + "\n\n![confusion](confusion.png)"),
-        ("Restoration (IR-SDE, " + f"{cfg.eval.sample_steps} {cfg.eval.sampler} steps, held-out)",
+         "DA-CLIP: the controller's degradation embedding; CLIP alone: the frozen CLIP's image "
+         "embedding against the same ten words (what the controller adds).\n\n"
+         + R.markdown_table(["type", "samples", "CLIP alone", "DA-CLIP"], acc_rows)
+         + "\n\n![confusion (DA-CLIP)](confusion.png)"),
+        ("Restoration (IR-SDE, " + f"{cfg.eval.sample_steps} {cfg.eval.sampler} steps"
+         + (", x0 estimates clipped to [0, 1]" if cfg.eval.get("clip_x0") else "") + ", held-out)",
          R.markdown_table(["type", "PSNR in", "PSNR out", "gain (dB)", "SSIM in", "SSIM out"], img_rows)),
         ("Before / after (degraded | restored | clean)", "![before/after](before_after.png)"),
         ("Exported weights", "\n".join(f"- `{k}`: `{os.path.relpath(v, rdir)}`"
@@ -239,19 +257,20 @@ def evaluate_and_report(cfg, workdir: str, paths: dict, times: dict) -> dict:
     sde = make_sde(cfg.restoration.sde)
     data = heldout_set(cfg, paths)
     preds = classify_heldout(daclip, data, int(cfg.eval.batch_size))
+    clip_preds = classify_heldout(daclip, data, int(cfg.eval.batch_size), control=False)
     # restoration (the expensive part) on the first `restore_crops_per_photo` patches of each photo
     keep = np.asarray([j < int(cfg.eval.restore_crops_per_photo) for _, j in data["photo"]])
     rdata = subset(data, keep)
     restored = restore_heldout(daclip, unet, sde, rdata, cfg)
-    summary = scores(data, preds, rdata, restored)
+    summary = scores(data, preds, rdata, restored, clip_preds)
     summary.update(heldout=list(paths["heldout_names"]), train=list(paths["train_names"]),
                    stage_seconds={k: _stage_seconds(workdir, k, v) for k, v in times.items()})
     if cfg.export:
         print("== export to PyTorch", flush=True)
-        summary["exports"] = export_torch(daclip, unet, os.path.join(workdir, "export"))
+        summary["exports"] = export_torch(daclip, unet, os.path.join(workdir, "export"), sde)
     path = write_report(cfg, workdir, summary, data, rdata, restored)
     ov = summary["overall"]
-    print(f"held-out: accuracy {ov['accuracy']:.3f}, PSNR {ov['psnr_in']:.2f} -> {ov['psnr_out']:.2f} dB "
+    print(f"held-out: accuracy {ov['accuracy']:.3f} (CLIP alone {ov['clip_accuracy']:.3f}), PSNR {ov['psnr_in']:.2f} -> {ov['psnr_out']:.2f} dB "
           f"({ov['psnr_gain']:+.2f}), SSIM {ov['ssim_in']:.3f} -> {ov['ssim_out']:.3f}; report {path}",
           flush=True)
     return summary

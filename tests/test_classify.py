@@ -34,6 +34,19 @@ def test_probabilities_match_official_formula_on_golden(golden_dir):
     np.testing.assert_allclose(got, want, atol=1e-4)  # ×100 amplifies the 1e-6 feature error
     assert got.shape == (4, 4) and np.allclose(got.sum(-1), 1, atol=1e-6)
 
+    # control=False: the frozen CLIP's own image embedding (the baseline the demo reports)
+    img = unit(z["out/encode_image_control_false"].astype(np.float64))
+    logits = 100 * img @ txt.T
+    plain = np.exp(logits - logits.max(-1, keepdims=True))
+    plain /= plain.sum(-1, keepdims=True)
+    images = z["in/images"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(classify_degradation(model, images, words, control=False), plain, atol=1e-4)
+    # ... which no controller weight can change, while the DA-CLIP answer does change
+    proj = model.visual_control.proj
+    proj.set_value(np.asarray(proj.get_value()) * -3.0)
+    np.testing.assert_allclose(classify_degradation(model, images, words, control=False), plain, atol=1e-4)
+    assert np.abs(classify_degradation(model, images, words) - want).max() > 1e-2
+
 
 def golden_model(golden_dir):
     z = np.load(golden_dir / "daclip_tiny.npz")

@@ -82,10 +82,14 @@ def test_exported_daclip_pt_has_the_official_layout(demo_run):
     assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(s) for k, s in layout.items()}
     for key in ("logit_scale", "clip.visual.conv1.weight", "visual_control.transformer.zero_modules.0.weight"):
         assert key in sd
-    # the exported weights are the trained ones (round trip through our importer)
-    back = load_daclip(os.path.join(demo_run, "export", "daclip.pt"), model.cfg)
-    np.testing.assert_allclose(np.asarray(back.visual_control.proj.get_value()),
-                               np.asarray(model.visual_control.proj.get_value()), atol=1e-6)
+    # the exported weights are the trained ones, and the architecture (head counts included)
+    # is read back from the shapes alone: same embeddings as the model dir
+    back = load_daclip(os.path.join(demo_run, "export", "daclip.pt"))
+    assert back.cfg == model.cfg
+    views = np.random.default_rng(0).uniform(size=(2, model.cfg.image_size, model.cfg.image_size, 3))
+    for a, b in zip(back.encode_image(views.astype(np.float32), control=True),
+                    model.encode_image(views.astype(np.float32), control=True)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_exported_unet_pth_loads(demo_run):
@@ -102,6 +106,17 @@ def test_exported_unet_pth_loads(demo_run):
                                np.asarray(ours.final_conv.kernel.get_value()), atol=1e-6)
 
 
+def test_the_sde_settings_travel_with_the_unet(demo_run):
+    """`restore` must sample with the SDE the demo trained (not the released nets' one)."""
+    from daclip_jax import demo
+    from daclip_jax.sde import sde_for_weights
+
+    trained = dict(demo.get_config("smoke").restoration.sde)
+    for weights in ("export/unet.pth", "restoration/model_ema", "restoration/model"):
+        got = sde_for_weights(os.path.join(demo_run, weights)).to_dict()
+        assert got == {k: trained[k] for k in got}, weights
+
+
 def test_exported_hf_clip_loads_with_transformers(demo_run):
     import torch
     import transformers
@@ -112,6 +127,20 @@ def test_exported_hf_clip_loads_with_transformers(demo_run):
         feats = model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))
     feats = getattr(feats, "pooler_output", feats)
     assert feats.shape[-1] == model.config.projection_dim
+
+
+def test_readme_restore_command_on_the_demo_weights(demo_run, tmp_path, capsys):
+    """The README's `restore` line for the demo's own weights (model dirs + sde.json)."""
+    from daclip_jax.cli import main
+
+    photo = os.path.join(demo_run, "data", "heldout", "coffee.png")
+    code = main(["restore", "--daclip", os.path.join(demo_run, "daclip", "model"),
+                 "--unet", os.path.join(demo_run, "restoration", "model_ema"), photo,
+                 "--out", str(tmp_path), "--steps", "2", "--clip-x0", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and any(w in out for w in DEGRADATIONS), out
+    with Image.open(tmp_path / "coffee.png") as im, Image.open(photo) as src:
+        assert im.size == src.size
 
 
 def test_report_lists_every_type_and_its_pictures_decode(demo_run):
@@ -134,6 +163,8 @@ def test_report_lists_every_type_and_its_pictures_decode(demo_run):
     assert set(summary["per_type"]) == set(DEGRADATIONS)
     assert summary["samples"] == 2 * len(DEGRADATIONS)  # 2 held-out photos x 1 patch x 10 types
     assert np.isfinite(summary["overall"]["psnr_in"]) and 0 <= summary["overall"]["accuracy"] <= 1
+    assert 0 <= summary["overall"]["clip_accuracy"] <= 1   # the frozen CLIP alone, for contrast
+    assert "| CLIP alone | DA-CLIP |" in text
     assert np.asarray(summary["confusion"]).sum() == summary["samples"]
 
 
