@@ -25,7 +25,7 @@ What it does, in `<workdir>`:
   | clean grid for every type (see daclip_jax.demo_eval).
 
 Sizes: the default CLIP is a 64 px ViT with 8 px patches; the UNet has nf 16. They were
-chosen so the whole run fits in about 15 minutes on 2 CPU cores (README has the measured
+chosen so the whole run fits in 15 minutes on 2 CPU cores (README has the measured
 time); `--config.<stage>.steps=...` etc. trade time for quality.
 """
 
