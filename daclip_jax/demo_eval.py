@@ -270,8 +270,9 @@ def evaluate_and_report(cfg, workdir: str, paths: dict, times: dict) -> dict:
         summary["exports"] = export_torch(daclip, unet, os.path.join(workdir, "export"), sde)
     path = write_report(cfg, workdir, summary, data, rdata, restored)
     ov = summary["overall"]
-    print(f"held-out: accuracy {ov['accuracy']:.3f} (CLIP alone {ov['clip_accuracy']:.3f}), PSNR {ov['psnr_in']:.2f} -> {ov['psnr_out']:.2f} dB "
-          f"({ov['psnr_gain']:+.2f}), SSIM {ov['ssim_in']:.3f} -> {ov['ssim_out']:.3f}; report {path}",
+    print(f"held-out: accuracy {ov['accuracy']:.3f} (CLIP alone {ov['clip_accuracy']:.3f}), "
+          f"PSNR {ov['psnr_in']:.2f} -> {ov['psnr_out']:.2f} dB ({ov['psnr_gain']:+.2f}), "
+          f"SSIM {ov['ssim_in']:.3f} -> {ov['ssim_out']:.3f}; report {path}",
           flush=True)
     return summary
 

@@ -82,7 +82,6 @@ def run(args) -> int:
         print(f"error: cannot load the models: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     sde = sde_for_weights(args.unet)   # sde.json next to the weights, else the released nets'
-
     if not 1 <= args.steps <= sde.T:
         print(f"error: --steps must be in [1, {sde.T}]", file=sys.stderr)
         return 2
