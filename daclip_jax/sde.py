@@ -13,7 +13,9 @@ from explicit keys/arrays, so every method is a pure function usable inside `jax
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -245,9 +247,6 @@ RELEASED = dict(max_sigma=50, T=100, schedule="cosine", eps=0.005)   # universal
 
 
 def save_sde_settings(sde: IRSDE, directory) -> str:
-    import json
-    import os
-
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, SDE_FILE)
     with open(path, "w") as f:
@@ -258,9 +257,6 @@ def save_sde_settings(sde: IRSDE, directory) -> str:
 def sde_for_weights(path) -> IRSDE:
     """The SDE a UNet was trained with: `<dir>/sde.json` when `path` is (or sits in) a folder
     that has one, else the released checkpoints' settings (RELEASED)."""
-    import json
-    import os
-
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     settings = os.path.join(folder, SDE_FILE)
     if os.path.isfile(settings):
