@@ -75,11 +75,6 @@ def _demo_clip_arch() -> dict:
                 text_heads=1, text_layers=3, quick_gelu=False)
 
 
-def _demo_unet_arch(context_dim: int) -> dict:
-    return dict(in_nc=3, out_nc=3, nf=16, ch_mult=(1, 2, 4), context_dim=context_dim,
-                use_degra_context=True, use_image_context=True)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The demo's knobs; arg "smoke" shrinks everything to a ~1 minute run."""
     from daclip_jax.train.configlib import parse_arg

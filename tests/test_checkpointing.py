@@ -34,9 +34,6 @@ def _run_helper(workdir, overrides, timeout=120, devices=1):
     return subprocess.run(cmd, env=_env(devices), capture_output=True, text=True)
 
 
-_losses = losses_by_step
-
-
 def _params(workdir):
     with np.load(os.path.join(workdir, "params_0.npz")) as z:
         return {k: z[k] for k in z.files}
@@ -44,7 +41,7 @@ def _params(workdir):
 
 @pytest.mark.slow
 def test_exact_resume_after_sigkill(tmp_path):
-    over = {"train.steps": 8, "ckpt.every": 2, "slow_data_s": 0.0}
+    over = {"train.steps": 8, "ckpt.every": 2}
     ref = _run_helper(tmp_path / "ref", over)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
@@ -64,14 +61,14 @@ def test_exact_resume_after_sigkill(tmp_path):
     proc.wait()
     assert proc.returncode != 0
     assert not (work / "params_0.npz").exists()  # really died before finishing
-    done = [s for s in _losses(work)]
+    done = [s for s in losses_by_step(work)]
     assert max(done) < 8
 
     res = _run_helper(work, over)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from checkpoint" in res.stdout
 
-    ref_l, res_l = _losses(tmp_path / "ref"), _losses(work)
+    ref_l, res_l = losses_by_step(tmp_path / "ref"), losses_by_step(work)
     assert sorted(ref_l) == sorted(res_l) == list(range(1, 9))
     assert ref_l == res_l  # bit-identical loss curve (json round-trips float32 exactly)
     a, b = _params(tmp_path / "ref"), _params(work)
@@ -200,7 +197,7 @@ def test_sigterm_saves_and_resume_is_exact_with_the_real_pipeline(tmp_path):
     res = subprocess.run(argv(work), env=_env(), capture_output=True, text=True)
     assert res.returncode == 0 and f"resumed from checkpoint {stopped}" in res.stdout, \
         res.stderr[-3000:]
-    assert _losses(tmp_path / "ref") == _losses(work)
+    assert losses_by_step(tmp_path / "ref") == losses_by_step(work)
     from daclip_jax.model_io import load_model_dir
     _, _, a = load_model_dir(tmp_path / "ref" / "model")
     _, _, b = load_model_dir(work / "model")

@@ -28,7 +28,6 @@ def tiny_config(**over):
                   async_save=True)
     c.eval = dict(every=0, batches=1, batch_size=8)
     c.nan_at_batch = -1      # fixture only: poison this training batch with a NaN
-    c.slow_data_s = 0.0      # fixture only: sleep per training example (kill -9 test)
     c.hang_from_batch = -1   # fixture only: training batches from this index on never arrive
     c.export = False
     from daclip_jax.train.configlib import apply_overrides
@@ -55,14 +54,13 @@ def toy_task_class():
             return self.out(jax.nn.gelu(self.head(h)))
 
     class _Example(grain.transforms.Map):
-        def __init__(self, offset, nan_index, sleep_s=0.0, hang=()):
-            self.offset, self.nan_index, self.sleep_s = offset, nan_index, sleep_s
-            self.hang = frozenset(hang)
+        def __init__(self, offset, nan_index, hang=()):
+            self.offset, self.nan_index, self.hang = offset, nan_index, frozenset(hang)
 
         def map(self, i):
-            if self.sleep_s or int(i) in self.hang:
+            if int(i) in self.hang:
                 import time
-                time.sleep(3600 if int(i) in self.hang else self.sleep_s)
+                time.sleep(3600)
             r = np.random.default_rng(int(i) + self.offset)
             x = r.normal(size=16).astype(np.float32)
             if int(i) == self.nan_index:
@@ -98,11 +96,10 @@ def toy_task_class():
             ds = ds[process_index::process_count]
             if nan_at >= 0:
                 nan_index = int(ds[nan_at * bs])
-            sleep_s = float(self.config.get("slow_data_s", 0.0)) if split == "train" else 0.0
             hang_at = int(self.config.get("hang_from_batch", -1)) if split == "train" else -1
             # the examples of the next few batches (prefetch never reaches further)
             hang = [int(ds[j]) for j in range(hang_at * bs, (hang_at + 8) * bs)] if hang_at >= 0 else ()
-            return ds.map(_Example(offset, nan_index, sleep_s / bs, hang)) \
+            return ds.map(_Example(offset, nan_index, hang)) \
                 .batch(bs, drop_remainder=True).to_iter_dataset()
 
     return ToyTask
