@@ -59,22 +59,22 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
     return x if len(x) == size else np.concatenate([x, np.repeat(x[-1:], size - len(x), 0)])
 
 
-def classify_heldout(daclip, data: dict, batch_size: int, *, control: bool = True) -> np.ndarray:
-    """Predicted type index per sample (the `classify` rule; control=False: the frozen CLIP
-    alone, without the controller)."""
+def classify_heldout(daclip, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted type index per sample by the `classify` rule: (DA-CLIP, the frozen CLIP alone
+    without the controller), from the same CLIP views."""
     from tqdm import tqdm
 
     from daclip_jax.classify import classify_degradation
     from daclip_jax.preprocess import clip_view
 
     size = daclip.cfg.image_size
-    preds = []
-    desc = "classify held-out" + ("" if control else " (CLIP alone)")
-    for s in tqdm(_batches(len(data["lq"]), batch_size), desc=desc, unit="batch"):
-        views = np.stack([clip_view(x, size=size) for x in data["lq"][s]])
-        probs = classify_degradation(daclip, _padded(views, batch_size), control=control)
-        preds.append(np.argmax(probs[:len(views)], axis=-1))
-    return np.concatenate(preds)
+    preds = {True: [], False: []}
+    for s in tqdm(_batches(len(data["lq"]), batch_size), desc="classify held-out", unit="batch"):
+        views = _padded(np.stack([clip_view(x, size=size) for x in data["lq"][s]]), batch_size)
+        for control, out in preds.items():
+            probs = classify_degradation(daclip, views, control=control)
+            out.append(np.argmax(probs[:s.stop - s.start], axis=-1))
+    return np.concatenate(preds[True]), np.concatenate(preds[False])
 
 
 def restore_heldout(daclip, unet, sde, data: dict, cfg) -> np.ndarray:
@@ -256,8 +256,7 @@ def evaluate_and_report(cfg, workdir: str, paths: dict, times: dict) -> dict:
     unet = load_unet(ema if os.path.isdir(ema) else os.path.join(workdir, "restoration", "model"))
     sde = make_sde(cfg.restoration.sde)
     data = heldout_set(cfg, paths)
-    preds = classify_heldout(daclip, data, int(cfg.eval.batch_size))
-    clip_preds = classify_heldout(daclip, data, int(cfg.eval.batch_size), control=False)
+    preds, clip_preds = classify_heldout(daclip, data, int(cfg.eval.batch_size))
     # restoration (the expensive part) on the first `restore_crops_per_photo` patches of each photo
     keep = np.asarray([j < int(cfg.eval.restore_crops_per_photo) for _, j in data["photo"]])
     rdata = subset(data, keep)
