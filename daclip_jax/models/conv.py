@@ -1,0 +1,79 @@
+"""Convolutions for the UNet, with CPU-specific lowerings where XLA's CPU convolution is slow.
+
+`conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated` (it is what
+`nnx.Conv(conv_general_dilated=...)` calls). On CPU it rewrites the layer shapes for which we
+measured a faster formulation (benchmarks/conv.py prints the measurements):
+
+- 1x1 stride-1 convolutions (LinearAttention's to_qkv / to_out, the ResBlocks' res_conv, the
+  SpatialTransformer's proj_in / proj_out) are one GEMM over the pixels: XLA CPU runs them
+  through its generic convolution, 3-8x slower than the same contraction as a dot.
+
+Everything else goes to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten
+(`cpu_kernels(platform)` is False there): the accelerators' own convolutions are the fast path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+from jax import lax
+
+_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
+_override: list[bool | None] = [None]
+
+
+def cpu_kernels(platform: str | None = None) -> bool:
+    """Whether the CPU rewrites apply on `platform` (default: JAX's default backend)."""
+    if _override[0] is not None:
+        return _override[0]
+    return (platform or jax.default_backend()) == "cpu"
+
+
+@contextlib.contextmanager
+def force_cpu_kernels(enabled: bool | None):
+    """Trace with the CPU rewrites on/off whatever the platform (A/B benchmarks, tests).
+    Read when a function is traced: use a fresh `jax.jit` per setting."""
+    prev, _override[0] = _override[0], enabled
+    try:
+        yield
+    finally:
+        _override[0] = prev
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return (tuple(dimension_numbers.lhs_spec), tuple(dimension_numbers.rhs_spec),
+                tuple(dimension_numbers.out_spec)) == _NHWC
+    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def _trivial(seq) -> bool:
+    return seq is None or all(int(s) == 1 for s in seq)
+
+
+def _zero_padding(padding) -> bool:
+    if isinstance(padding, str):
+        return padding.upper() == "VALID"
+    return all(int(lo) == 0 and int(hi) == 0 for lo, hi in padding)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, **kwargs):
+    """`lax.conv_general_dilated`, with the CPU rewrites of the module docstring."""
+    plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == 1
+             and batch_group_count == 1 and _trivial(lhs_dilation) and _trivial(rhs_dilation)
+             and not kwargs.get("out_sharding"))
+    if plain and cpu_kernels():
+        kh, kw = rhs.shape[:2]
+        if kh == kw == 1 and _trivial(window_strides) and _zero_padding(padding):
+            y = lax.dot(lhs.reshape(-1, lhs.shape[-1]), rhs.reshape(rhs.shape[2:]),
+                        precision=precision, preferred_element_type=preferred_element_type)
+            return y.reshape(lhs.shape[:-1] + y.shape[-1:])
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count,
+                                    precision=precision, preferred_element_type=preferred_element_type,
+                                    **kwargs)
