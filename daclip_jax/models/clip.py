@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from daclip_jax.models.compiled import jit_when_eager
+
 LN_EPS = 1e-5
 
 
@@ -307,10 +309,12 @@ class CLIP(nnx.Module):
             w ** -0.5 * jax.random.normal(rngs.params(), (w, cfg.embed_dim)))
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
+    @jit_when_eager("normalize")
     def encode_image(self, images, normalize: bool = False, control=None):
         x = self.visual(images, control=control)
         return l2_normalize(x) if normalize else x
 
+    @jit_when_eager("normalize")
     def encode_text(self, tokens, normalize: bool = False):
         tokens = jnp.asarray(tokens)
         dt = self.cfg.compute_dtype
@@ -321,6 +325,7 @@ class CLIP(nnx.Module):
         x = (x @ self.text_projection[...].astype(x.dtype)).astype(jnp.float32)
         return l2_normalize(x) if normalize else x
 
+    @jit_when_eager()
     def __call__(self, images, tokens):
         return dict(image_features=self.encode_image(images, normalize=True),
                     text_features=self.encode_text(tokens, normalize=True),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from daclip_jax.models.compiled import jit_when_eager
 from daclip_jax.models.clip import CLIP, CLIPConfig, Transformer, VisionTransformer, l2_normalize
 
 
@@ -83,6 +84,7 @@ class DaCLIP(nnx.Module):
         model.logit_scale[...] = jnp.array(clip.logit_scale[...], jnp.float32)
         return model
 
+    @jit_when_eager("control", "normalize")
     def encode_image(self, images, control: bool = False, normalize: bool = False):
         if not control:
             return self.clip.encode_image(images, normalize=normalize)
@@ -92,9 +94,11 @@ class DaCLIP(nnx.Module):
             return l2_normalize(image_features), l2_normalize(degra_features)
         return image_features, degra_features
 
+    @jit_when_eager("normalize")
     def encode_text(self, tokens, normalize: bool = False):
         return self.clip.encode_text(tokens, normalize=normalize)
 
+    @jit_when_eager()
     def __call__(self, images, text):
         """`text` (B, 2·ctx): caption tokens then degradation tokens, as the official CSV dataset."""
         caption, degradation = jnp.split(jnp.asarray(text), 2, axis=-1)

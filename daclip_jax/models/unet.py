@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from daclip_jax.models.compiled import jit_when_eager
 from daclip_jax.models.unet_blocks import (
     LinearAttention, PreNorm, ResBlock, Residual, SpatialTransformer, Upsample, conv, downsample,
     gelu, linear, sinusoidal_embedding)
@@ -175,6 +176,7 @@ class ConditionalUNet(nnx.Module):
             return nnx.remat(lambda m, *a: m(*a))(module, *args)
         return module(*args)
 
+    @jit_when_eager("return_debug")
     def __call__(self, xt, cond, t, text_context=None, image_context=None, *, return_debug=False):
         """xt, cond: (B, H, W, in_nc). t: (B,) or scalar time. Returns the noise (B, H, W, out_nc)."""
         cfg = self.cfg
