@@ -112,16 +112,23 @@ class LinearAttention(nnx.Module):
     def __call__(self, x, context=None):
         b, h, w, c = x.shape
         n, hid = h * w, self.heads * self.dim_head
-        qkv = self.to_qkv(x).reshape(b, n, 3, hid)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (b, n, heads*d)
+        dt = self.to_qkv.dtype or x.dtype
+        # to_qkv as three GEMMs over the pixels from column blocks of its kernel: no
+        # (pixels, 3*hid) tensor to slice (and to assemble again in the backward pass)
+        x2 = x.reshape(b * n, c).astype(dt)
+        w_qkv = self.to_qkv.kernel[...].reshape(c, 3, hid).astype(dt)
+        q, k, v = (jnp.dot(x2, w_qkv[:, i]).reshape(b, n, hid) for i in range(3))
         q = jax.nn.softmax(q.reshape(b, n, self.heads, self.dim_head), axis=-1).reshape(b, n, hid)
         q = q * (self.dim_head ** -0.5)
-        k = jax.nn.softmax(k, axis=1)
-        v = v / n
-        # Per-head ctx[d, e] = sum_n k[d, n] v[e, n] as ONE (hid x hid) GEMM masked to its
-        # block diagonal, and to_out's 1x1 conv folded into it: two plain GEMMs over the
-        # pixels instead of head-batched einsums that XLA CPU runs through transposes.
-        ctx = jnp.einsum("bnd,bne->bde", k, v)
+        # softmax of k over the pixels and v / n, both normalisations applied to the small
+        # (hid x hid) context instead of the (pixels x hid) tensors: ctx[d, e] =
+        # sum_n exp(k[n, d] - max_d) v[n, e] / (n * sum_n exp(k[n, d] - max_d))
+        ek = jnp.exp(k - jax.lax.stop_gradient(k.max(axis=1, keepdims=True)))
+        # Per-head context as ONE (hid x hid) GEMM masked to its block diagonal, and to_out's
+        # 1x1 conv folded into it: plain GEMMs over the pixels instead of head-batched einsums
+        # that XLA CPU runs through transposes.
+        ctx = jnp.einsum("bnd,bne->bde", ek, v)
+        ctx = ctx / (n * ek.sum(axis=1, dtype=jnp.float32)[:, :, None]).astype(ctx.dtype)
         head = jnp.arange(hid) // self.dim_head
         ctx = jnp.where(head[:, None] == head[None, :], ctx, 0)
         w_out = self.to_out[0].kernel[...].reshape(hid, c).astype(ctx.dtype)
