@@ -125,3 +125,12 @@ def test_chunked_self_attention_matches_plain_softmax_attention(cpu):
     for a, b in zip(jax.tree.leaves(gs), jax.tree.leaves(gs_ref)):
         if np.abs(np.asarray(b)).max() > 0:
             assert _rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("platforms, cpu", [("cpu", True), ("cuda", False), ("tpu,cpu", False),
+                                            ("gpu", False)])
+def test_allocator_tuning_follows_the_platform_without_initialising_a_backend(monkeypatch, platforms, cpu):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert conv_ops.default_platform_is_cpu() is cpu
+    if not cpu:
+        assert conv_ops.tune_cpu_allocator() is False

@@ -10,17 +10,46 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
 
 Everything else goes to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten
 (`cpu_kernels(platform)` is False there): the accelerators' own convolutions are the fast path.
+
+`tune_cpu_allocator()` (called when `daclip_jax.models` is imported) keeps XLA CPU's freed
+buffers in the process heap instead of returning them to the OS and faulting them in again on
+the next call: the nf-16 UNet's training step went from 102k to 62k minor faults and 1.17x
+less CPU time (A/B in one process, benchmarks/unet.py --malloc-ab).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 from jax import lax
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
 _override: list[bool | None] = [None]
+
+
+def default_platform_is_cpu() -> bool:
+    """JAX's default platform, decided WITHOUT initialising a backend (that must wait for
+    `jax.distributed.initialize` in multi-process runs): the first of JAX_PLATFORMS if set,
+    else CPU unless an accelerator plugin (jax_plugins entry point, libtpu) is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
+
+    return not entry_points(group="jax_plugins") and find_spec("libtpu") is None
+
+
+def tune_cpu_allocator() -> bool:
+    """glibc malloc thresholds raised (data.pipeline.tune_malloc) when the default platform is
+    CPU; nothing elsewhere. Idempotent. Returns whether they are set."""
+    if _override[0] is False or not default_platform_is_cpu():
+        return False
+    from daclip_jax.data.pipeline import tune_malloc
+
+    return tune_malloc()
 
 
 def cpu_kernels(platform: str | None = None) -> bool:
