@@ -4,17 +4,22 @@
 `nnx.Conv(conv_general_dilated=...)` calls). On CPU it rewrites the layer shapes for which we
 measured a faster formulation (benchmarks/conv.py prints the measurements):
 
-- 1x1 stride-1 convolutions (LinearAttention's to_qkv / to_out, the ResBlocks' res_conv, the
-  SpatialTransformer's proj_in / proj_out) are one GEMM over the pixels: XLA CPU runs them
-  through its generic convolution, 3-8x slower than the same contraction as a dot.
+- 1x1 stride-1 convolutions (the ResBlocks' res_conv, the SpatialTransformer's proj_in /
+  proj_out) are one GEMM over the pixels: XLA CPU runs them through its generic convolution;
+  as a GEMM, forward + gradient is 1.5-2x faster on the UNet's shapes (the forward alone 0.5-3x:
+  benchmarks/conv.py).
 
+3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd F(2x2,3x3) in jnp and
+custom-VJP gradients (flipped-kernel conv + im2col GEMM) were all slower (benchmarks/conv.py).
 Everything else goes to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten
 (`cpu_kernels(platform)` is False there): the accelerators' own convolutions are the fast path.
 
 `tune_cpu_allocator()` (called when `daclip_jax.models` is imported) keeps XLA CPU's freed
 buffers in the process heap instead of returning them to the OS and faulting them in again on
-the next call: the nf-16 UNet's training step went from 102k to 62k minor faults and 1.17x
-less CPU time (A/B in one process, benchmarks/unet.py --malloc-ab).
+the next call. Against glibc's own (adaptive) thresholds, measured one process each: the
+official UNet's forward at 256^2 97k -> 69k minor faults per call (CPU time ~3 % less), at
+512^2 1.08M -> 0.79M (5 % less); the nf-16 training step at 64^2 is unchanged (61k either way;
+its buffers are below glibc's adaptive threshold). Peak RSS unchanged (1.73 / 1.74 GiB at 512^2).
 """
 
 from __future__ import annotations
