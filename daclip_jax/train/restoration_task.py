@@ -118,8 +118,8 @@ class RestorationTask(Task):
             out, gt, lq, kinds = parallel.fetch((out, b["gt"], b["lq"], b["degradation_index"]))
             out = np.clip(out, 0, 1)
             for o, g, k in zip(out, gt, kinds):
-                means.add("psnr", M.psnr(g, o), int(k))
-                means.add("ssim", M.ssim(g, o), int(k))
+                for name, value in M.image_scores(g, o).items():   # the official test metrics
+                    means.add(name, value, int(k))
             if grid is None:
                 n = min(4, len(out))
                 rows = [np.concatenate([lq[j], out[j], gt[j]], axis=1) for j in range(n)]
