@@ -88,6 +88,8 @@ def test_parity_with_lpips_package(tmp_path, lpips_pkg):
         print(f"LPIPS {h}x{w}: lpips {want:.8f} ours {got:.8f} abs diff {abs(got - want):.2e}")
         assert abs(got - want) <= 1e-5 and got == pytest.approx(want, rel=1e-4), (h, w, got, want)
     assert lpips_distance(ours, gt, gt) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="31x31"):   # relu5 would be empty (torch errors too)
+        lpips_distance(ours, gt[:30], out[:30])
 
 
 def test_bad_trunk_is_refused(tmp_path):

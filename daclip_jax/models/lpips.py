@@ -34,6 +34,8 @@ ALEX_CONVS = ((0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1
               (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1))
 POOL_BEFORE = (3, 6)
 HEADS_ASSET = "lpips_alex_v0.1.npz"
+# smallest side the trunk maps to a non-empty relu5 (11x11/4 conv, two 3x3/2 pools)
+MIN_SIZE = 31
 
 
 class AlexNetFeatures(nnx.Module):
@@ -125,6 +127,9 @@ def _distance(graphdef, state, in0, in1):
 def lpips_distance(model: LPIPS, reference: np.ndarray, image: np.ndarray) -> float:
     """LPIPS between two float (H, W, 3) RGB images in [0, 1], as test.py: both mapped to
     [-1, 1] (x * 2 - 1), no rounding to uint8."""
+    if min(np.shape(image)[:2]) < MIN_SIZE:
+        raise ValueError(f"LPIPS-Alex needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, "
+                         f"got {np.shape(image)[0]}x{np.shape(image)[1]}")
     graphdef, state = nnx.split(model)
     a = jnp.asarray(reference, jnp.float32)[None] * 2 - 1
     b = jnp.asarray(image, jnp.float32)[None] * 2 - 1
