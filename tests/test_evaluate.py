@@ -247,3 +247,25 @@ def test_restore_resume_after_kill_and_four_devices(workdir, tmp_path):
         assert x["name"] == y["name"] and x["predicted"] == y["predicted"]
         for m in SCORES:
             assert y[m] == pytest.approx(x[m], abs=1e-6), (x["name"], m)
+
+
+def test_unreadable_image_stops_with_its_name_and_resumes(workdir, tmp_path, capsys):
+    import shutil
+
+    from daclip_jax.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(workdir / "data", data)
+    bad = data / "noisy" / "LQ" / "001.png"
+    good = bad.read_bytes()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--identity", "--data", str(data), "--out", str(out), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "--resume" in err
+    partial = json.loads(out.read_text())
+    assert [r["name"] for r in partial["images"]] == ["hazy/000.png", "hazy/001.png", "noisy/000.png"]
+    bad.write_bytes(good)
+    assert main(argv + ["--resume"]) == 0
+    assert len(json.loads(out.read_text())["images"]) == 5
