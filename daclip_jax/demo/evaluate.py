@@ -205,7 +205,7 @@ def before_after_grid(data: dict, restored: np.ndarray, photos, path: str, cell:
 
 
 def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, restored: np.ndarray) -> str:
-    from daclip_jax import report as R
+    from daclip_jax.demo import report as R
 
     rdir = os.path.join(workdir, "report")
     os.makedirs(rdir, exist_ok=True)
