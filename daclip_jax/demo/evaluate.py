@@ -153,11 +153,12 @@ def export_torch(daclip, unet, export_dir: str, sde=None) -> dict:
                unet=os.path.join(export_dir, "unet.pth"),
                hf_clip=os.path.join(export_dir, "hf_clip"))
     export_daclip_pt(daclip, out["daclip"])
-    export_unet_pth(unet, out["unet"])
+    settings = None if sde is None else dict(sde.to_dict(), parameterization=unet.cfg.parameterization)
+    export_unet_pth(unet, out["unet"], settings)
     export_hf_clip(daclip.clip, out["hf_clip"])
     if sde is not None:
         from daclip_jax.sde import save_sde_settings
-        out["sde"] = save_sde_settings(sde, export_dir)
+        out["sde"] = save_sde_settings(sde, export_dir, unet.cfg.parameterization)
     return out
 
 
