@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.daclip = ml_collections.ConfigDict(dict(
         steps=800, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05, adam_eps=1e-6))
     c.restoration = ml_collections.ConfigDict(dict(
-        unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4))),
+        unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4), parameterization="x0")),
+        x0_weighting="ml",                    # the x0 net's loss over t (sde.IRSDE.x0_loss)
         steps=500, batch_size=4, lr=1e-3, warmup_steps=0,
         adam_eps=1e-8,                        # torch's default, as the official IR-SDE: the
                                               # matching loss's gradients are ~1e-6 per weight

@@ -154,14 +154,24 @@ def train_stages(cfg, workdir: str) -> tuple[dict, dict]:
     times["daclip"] = _run_stage("stage 2/3 DA-CLIP controller", c2, daclip_dir, DaClipTask(c2))
 
     # stage 3: ConditionalUNet + IR-SDE on the frozen DA-CLIP
+    c3 = restoration_config(cfg, paths, os.path.join(daclip_dir, "model"))
+    times["restoration"] = _run_stage("stage 3/3 IR-SDE restorer", c3,
+                                      os.path.join(workdir, "restoration"), restoration_task(c3))
+    return paths, times
+
+
+def restoration_config(cfg, paths: dict, daclip_model: str) -> ml_collections.ConfigDict:
+    """Stage 3's trainer config: the demo UNet + IR-SDE on the frozen DA-CLIP `daclip_model`."""
     rc = cfg.restoration
     c3 = trainer_config("restoration", cfg, paths, rc)
-    c3.model.daclip = os.path.join(daclip_dir, "model")
+    c3.model.daclip = daclip_model
     c3.model.unet = dict(rc.unet)
     c3.sde = ml_collections.ConfigDict(dict(rc.sde))
     c3.train.b2 = 0.99
     c3.train.loss_type = "l1"
-    times["restoration"] = _run_stage("stage 3/3 IR-SDE restorer", c3,
-                                      os.path.join(workdir, "restoration"),
-                                      _restoration_task_cls()(c3))
-    return paths, times
+    c3.train.x0_weighting = rc.x0_weighting
+    return c3
+
+
+def restoration_task(config):
+    return _restoration_task_cls()(config)
