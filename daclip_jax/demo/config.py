@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         photos=tuple(p[1] for p in PHOTOS),   # which of PHOTOS to use (file names)
         heldout=HELDOUT,                      # those kept out of training (evaluation only)
         short_side=160,                       # photos are rescaled so the short side is this
+        train_scales=(1.0,),                  # training photos also written at these x short_side
         patch_size=64,                        # training patch = CLIP view side (no resize)
         read_threads=2, prefetch=8))
     c.clip = ml_collections.ConfigDict(dict(

@@ -144,20 +144,30 @@ def train_stages(cfg, workdir: str) -> tuple[dict, dict]:
 
     # stage 2: frozen CLIP + DA-CLIP controller
     daclip_dir = os.path.join(workdir, "daclip")
-    c2 = trainer_config("daclip", cfg, paths, cfg.daclip)
-    c2.model.name = "daclip_tiny"    # only dtype/remat are read: weights + shape come from init
-    c2.model.init = clip_init
-    c2.model.controller_init = "zero"
-    c2.model.dtype = "float32"
-    c2.model.remat = False
-    from daclip_jax.train.daclip_task import DaClipTask
-    times["daclip"] = _run_stage("stage 2/3 DA-CLIP controller", c2, daclip_dir, DaClipTask(c2))
+    c2 = daclip_config(cfg, paths, clip_init)
+    times["daclip"] = _run_stage("stage 2/3 DA-CLIP controller", c2, daclip_dir, daclip_task(c2))
 
     # stage 3: ConditionalUNet + IR-SDE on the frozen DA-CLIP
     c3 = restoration_config(cfg, paths, os.path.join(daclip_dir, "model"))
     times["restoration"] = _run_stage("stage 3/3 IR-SDE restorer", c3,
                                       os.path.join(workdir, "restoration"), restoration_task(c3))
     return paths, times
+
+
+def daclip_config(cfg, paths: dict, clip_init: str) -> ml_collections.ConfigDict:
+    """Stage 2's trainer config: the controller on the frozen CLIP `clip_init`."""
+    c2 = trainer_config("daclip", cfg, paths, cfg.daclip)
+    c2.model.name = "daclip_tiny"    # only dtype/remat are read: weights + shape come from init
+    c2.model.init = clip_init
+    c2.model.controller_init = "zero"
+    c2.model.dtype = "float32"
+    c2.model.remat = False
+    return c2
+
+
+def daclip_task(config):
+    from daclip_jax.train.daclip_task import DaClipTask
+    return DaClipTask(config)
 
 
 def restoration_config(cfg, paths: dict, daclip_model: str) -> ml_collections.ConfigDict:
