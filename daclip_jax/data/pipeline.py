@@ -16,7 +16,7 @@ Order of operations and why:
   do not depend on worker count, thread scheduling or restarts. No global RNG state is touched.
 - Crop first, degrade the patch: synthesis cost scales with pixels, and a patch-sized degradation
   is what the model sees. Sources hand out compact records (uint8 for 8-bit data, see
-  sources.py); the crop and flips work on those and only the patch is converted to float, and
+  data/sources/); the crop and flips work on those and only the patch is converted to float, and
   decoded images are kept in a per-process LRU (`source.cache_mb`) so a photo that fits in it
   is decoded once, not once per patch. Images smaller than the patch are *upscaled* (PIL bicubic, short side
   to the patch size) rather than reflect-padded: mirrored borders would give the degradations
