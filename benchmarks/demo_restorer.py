@@ -32,7 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", required=True, help="name of this run (a folder under --out)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="demo config override, e.g. restoration.steps=800 (repeatable)")
-    ap.add_argument("--eval-steps", default="1,20", help="sampling step counts to evaluate")
+    ap.add_argument("--eval-steps", default="1,20",
+                    help="sampling step counts to evaluate; '1mu' = one step started at mu "
+                         "(no start noise) instead of mu + max_sigma z")
     ap.add_argument("--config", default="", help="demo config arg (e.g. 'smoke')")
     args = ap.parse_args(argv)
 
@@ -67,12 +69,15 @@ def main(argv=None) -> int:
     rdata = E.subset(data, keep)
     preds = np.zeros(len(data["kind"]), np.int32)   # classification is not measured here
     rows = []
-    for steps in [int(s) for s in args.eval_steps.split(",")]:
-        cfg.eval.sample_steps = steps
+    for steps in args.eval_steps.split(","):
         t0 = time.perf_counter()
-        restored = E.restore_heldout(daclip, unet, sde, rdata, cfg)
+        if steps == "1mu":
+            restored = _one_step_from_mu(daclip, unet, sde, rdata)
+        else:
+            steps = int(steps)
+            restored = E.restore_heldout(daclip, unet, sde, rdata, cfg, steps)
         sample_s = time.perf_counter() - t0
-        sc = E.scores(data, preds, rdata, restored)
+        sc = E.scores(data, preds, rdata, {steps: restored})
         ov = sc["overall"]
         per = {n: round(sc["per_type"][n]["psnr_gain"], 2) for n in DEGRADATIONS}
         row = dict(tag=args.tag, overrides=args.set, train_steps=int(cfg.restoration.steps),
@@ -92,6 +97,21 @@ def main(argv=None) -> int:
               f"{r['ssim_out']} | {r['worst']:+.2f} |")
         print("  per type:", " ".join(f"{k[:6]} {v:+.1f}" for k, v in r["per_type"].items()))
     return 0
+
+
+def _one_step_from_mu(daclip, unet, sde, rdata):
+    import jax
+    import jax.numpy as jnp
+
+    from daclip_jax.preprocess import clip_view
+    from daclip_jax.sampling import sample
+
+    size = daclip.cfg.image_size
+    lq = jnp.asarray(rdata["lq"])
+    views = jnp.asarray(np.stack([clip_view(x, size=size) for x in rdata["lq"]]))
+    image_context, degra_context = jax.jit(lambda m, v: m.encode_image(v, control=True))(daclip, views)
+    out = sample(unet, sde, lq, degra_context, image_context, steps=1, x_T=lq)
+    return np.clip(np.asarray(out, np.float32), 0, 1)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ def restoration_config(cfg, paths: dict, daclip_model: str) -> ml_collections.Co
     c3.train.b2 = 0.99
     c3.train.loss_type = "l1"
     c3.train.x0_weighting = rc.x0_weighting
+    c3.train.t_max_prob = float(rc.t_max_prob)
     return c3
 
 
