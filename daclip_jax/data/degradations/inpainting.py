@@ -10,6 +10,7 @@ fractional weights on hole borders, blended by the same formula. Differences fro
 - Severity picks the mask: the 100 sorted by hole fraction (3.5 % ... 49.9 %), rank
   floor(100 s). With s ~ U(0, 1), `degrade`'s draw for one type, that is the official uniform
   choice, and the hole fraction never decreases with s (mixtures, s x 0.7, use the 70 lightest).
+  A fixed severity therefore pins the mask; only a `mask_size` window is then drawn.
 - mask_size equal to the image size gives offset 0 (np.random.randint(0, 0) raises there).
 - scripts/generate_masked_face.py passes (H, W) where cv2 wants (W, H), which transposes the
   mask of a non-square image; deg_util.py's order, (W, H), is the one followed.
