@@ -453,6 +453,7 @@ def test_official_mask_severity_monotone_and_uniform():
     assert np.all(np.diff(fr) >= 0)
     assert fr[0] == fraction.min() and fr[-1] == fraction.max()
     assert 0.03 < fr[0] < 0.04 and 0.49 < fr[-1] <= 0.5
+    assert official_mask_id(-0.2) == ids[0] and official_mask_id(1.5) == ids[-1]
     # Severity ~ U(0, 1) lands on every mask with probability 1/100: the official uniform choice.
     assert sorted(official_mask_id((k + 0.5) / 100) for k in range(100)) == list(range(100))
     x = photo()

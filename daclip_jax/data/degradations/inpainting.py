@@ -51,7 +51,8 @@ def masks_by_hole_fraction():
 def official_mask_id(severity):
     """The official mask for `severity` in [0, 1]: rank floor(100 s) by hole fraction."""
     order, _ = masks_by_hole_fraction()
-    return int(order[min(int(severity * len(order)), len(order) - 1)])
+    rank = int(float(np.clip(severity, 0.0, 1.0)) * len(order))
+    return int(order[min(rank, len(order) - 1)])
 
 
 def official_keep_mask(mask_id, shape_hw, mask_size=None, window=(0, 0)):
