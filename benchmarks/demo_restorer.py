@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="demo config override, e.g. restoration.steps=800 (repeatable)")
     ap.add_argument("--eval-steps", default="1,20",
-                    help="sampling step counts to evaluate; '1mu' = one step started at mu "
-                         "(no start noise) instead of mu + max_sigma z")
+                    help="sampling step counts to evaluate; 1 = the one-step mode (from mu); "
+                         "'1noise' = one step from mu + max_sigma z instead (for comparison)")
     ap.add_argument("--config", default="", help="demo config arg (e.g. 'smoke')")
     args = ap.parse_args(argv)
 
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     rows = []
     for steps in args.eval_steps.split(","):
         t0 = time.perf_counter()
-        if steps == "1mu":
-            restored = _one_step_from_mu(daclip, unet, sde, rdata)
+        if steps == "1noise":
+            restored = _one_step_from_noise(daclip, unet, sde, rdata)
         else:
             steps = int(steps)
             restored = E.restore_heldout(daclip, unet, sde, rdata, cfg, steps)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         rows.append(row)
         with open(os.path.join(os.path.abspath(args.out), "results.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
-    print(f"\n| tag | train steps | train min | sample steps | PSNR in -> out (gain) | SSIM in -> out | worst type |")
+    print("\n| tag | train steps | train min | sample steps | PSNR in -> out (gain) | SSIM in -> out | worst type |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tag']} | {r['train_steps']} | {r['train_min']} | {r['sample_steps']} | "
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _one_step_from_mu(daclip, unet, sde, rdata):
+def _one_step_from_noise(daclip, unet, sde, rdata):
     import jax
     import jax.numpy as jnp
 
@@ -110,7 +110,8 @@ def _one_step_from_mu(daclip, unet, sde, rdata):
     lq = jnp.asarray(rdata["lq"])
     views = jnp.asarray(np.stack([clip_view(x, size=size) for x in rdata["lq"]]))
     image_context, degra_context = jax.jit(lambda m, v: m.encode_image(v, control=True))(daclip, views)
-    out = sample(unet, sde, lq, degra_context, image_context, steps=1, x_T=lq)
+    x_T = sde.noise_state(lq, jax.random.key(0))
+    out = sample(unet, sde, lq, degra_context, image_context, steps=1, x_T=x_T)
     return np.clip(np.asarray(out, np.float32), 0, 1)
 
 
