@@ -1,7 +1,6 @@
 """The x0 parameterisation of the restorer (UNetConfig.parameterization = "x0"): the net outputs
 the residual x0_hat - mu, starts at zero, and every sampler, loader, exporter and the CLI read it."""
 
-import json
 import os
 import warnings
 
