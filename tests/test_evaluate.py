@@ -269,3 +269,29 @@ def test_unreadable_image_stops_with_its_name_and_resumes(workdir, tmp_path, cap
     bad.write_bytes(good)
     assert main(argv + ["--resume"]) == 0
     assert len(json.loads(out.read_text())["images"]) == 5
+
+
+def test_parameterization_flows_from_the_weights(workdir, tmp_path, capsys):
+    """An x0-parameterised net's one-step mode works through evaluate as through restore (the
+    net's saved settings decide); a noise net refuses one step, as `restore` does."""
+    from daclip_jax.cli import main
+    from daclip_jax.convert.daclip import load_daclip
+    from daclip_jax.convert.unet import load_unet, save_unet
+    from daclip_jax.models.unet import UNetConfig, init_unet
+    from daclip_jax.restore import restore_image
+    from daclip_jax.sde import sde_for_weights
+
+    save_unet(init_unet(UNetConfig.named("tiny", parameterization="x0"), seed=0), tmp_path / "x0")
+    data = workdir / "data" / "noisy"
+    base = ["evaluate", "--daclip", str(workdir / "daclip"), "--data", str(data), "--steps", "1",
+            "--no-progress"]
+    assert main(base + ["--unet", str(workdir / "unet.pth"), "--out", str(tmp_path / "n.json")]) == 2
+    assert "x0-parameterised" in capsys.readouterr().err
+    assert main(base + ["--unet", str(tmp_path / "x0"), "--out", str(tmp_path / "x0.json")]) == 0
+    result = json.loads((tmp_path / "x0.json").read_text())
+    assert result["settings"]["parameterization"] == "x0" and "x0-predicting" in capsys.readouterr().out
+    daclip, unet = load_daclip(str(workdir / "daclip")), load_unet(str(tmp_path / "x0"))
+    rec = result["images"][0]
+    lq, gt = read_image(rec["lq"]), read_image(rec["gt"])
+    out = restore_image(daclip, unet, lq, sde_for_weights(str(tmp_path / "x0")), steps=1, progress=False)
+    assert M.image_scores(gt, out) == {m: rec[m] for m in SCORES}

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the evaluation recorded in --out (same settings required)")
     p.add_argument("--steps", type=int, default=100,
-                   help="reverse steps (<= T = 100; fewer use the official sample_T scaling)")
+                   help="reverse steps (<= T = 100; fewer use the official sample_T scaling; "
+                        "1 = one network call, for x0-parameterised nets)")
     p.add_argument("--sampler", choices=("posterior", "sde", "ode"), default="posterior")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip the posterior sampler's x0 estimates to [0, 1] (not official)")
@@ -94,9 +95,14 @@ def run(args) -> int:
             lpips_model = load_lpips(args.lpips)
     except (OSError, ValueError, ImportError) as e:
         return _error(f"cannot load the models: {e}")
+    from daclip_jax.sampling import check_steps, parameterization_of
+
     sde = None if args.identity else sde_for_weights(args.unet)
-    if sde is not None and not 1 <= args.steps <= sde.T:
-        return _error(f"--steps must be in [1, {sde.T}]")
+    if sde is not None:
+        try:   # as `restore`: the net's parameterization came with it
+            check_steps(args.steps, parameterization_of(unet), sde.T)
+        except ValueError as e:
+            return _error(f"--steps {args.steps}: {e}")
 
     absolute = lambda p: os.path.abspath(p) if p else None   # noqa: E731
     settings = dict(data=absolute(args.data), daclip=absolute(args.daclip),
@@ -107,6 +113,7 @@ def run(args) -> int:
                     clip_x0=bool(args.clip_x0) and not args.identity,
                     tile=args.tile, overlap=args.overlap,
                     sde=None if sde is None else sde.to_dict(),
+                    parameterization=None if unet is None else parameterization_of(unet),
                     crop_border=crop_border, lpips=absolute(args.lpips))
     if args.resume:
         if not os.path.isfile(args.out):

@@ -83,7 +83,8 @@ def markdown(result: dict) -> str:
     else:
         notes.append(f"Sampler: {settings['sampler']}, {settings['steps']} steps, seed "
                      f"{settings['seed']}" + (", x0 clipped" if settings.get("clip_x0") else "")
-                     + f"; SDE {settings['sde']}.")
+                     + f"; {settings.get('parameterization', 'noise')}-predicting UNet; "
+                     f"SDE {settings['sde']}.")
     t = result.get("timing", {})
     if t.get("seconds"):
         notes.append(f"Speed: {t['images'] / t['seconds']:.3f} images/s over {t['images']} images "
