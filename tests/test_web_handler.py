@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from daclip_jax.imageio import read_image, to_uint8
@@ -20,12 +19,12 @@ from daclip_jax.web.handler import BadRequest, Restorer, Settings
 @pytest.fixture(scope="module")
 def models(golden_dir):
     from daclip_jax.convert.daclip import daclip_from_state_dict
-    from daclip_jax.models.unet import ConditionalUNet, UNetConfig
+    from daclip_jax.models.unet import UNetConfig, init_unet
 
     z = np.load(golden_dir / "daclip_tiny.npz")
     sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
           for n in z.files if n.startswith("sd/")}
-    unet = ConditionalUNet(UNetConfig.named("tiny", nf=8, context_dim=32), rngs=nnx.Rngs(1))
+    unet = init_unet(UNetConfig.named("tiny", nf=8, context_dim=32), seed=1)
     return daclip_from_state_dict(sd), unet, IRSDE()
 
 
@@ -72,6 +71,7 @@ def test_restore_is_restore_image_with_the_settings(restorer, models, photo, tmp
     assert np.abs(_png(other.restored_png).astype(int) - got).mean() > 1
 
 
+@pytest.mark.slow
 def test_tiles_reach_restore_image(restorer, models, photo, tmp_path):
     path = tmp_path / "p.png"
     Image.fromarray(np.tile(photo, (3, 4, 1))).save(path)          # 72 x 80 > one 68 px tile

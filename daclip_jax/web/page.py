@@ -146,9 +146,10 @@ def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> g
                 probs = gr.HTML(elem_id="probs")
 
         outputs = [slider, probs, status, download]
-        upload.change(inspect, upload, outputs, concurrency_id="model", show_progress="minimal")
+        # progress (and the queue position) on the result only, not on every output
+        upload.change(inspect, upload, outputs, concurrency_id="model", show_progress_on=slider)
         button.click(restore, [upload, steps, sampler, seed, tile, clip_x0], outputs,
-                     concurrency_id="model")
+                     concurrency_id="model", show_progress_on=slider)
 
         def pick(evt: gr.SelectData):
             return examples[evt.index]
