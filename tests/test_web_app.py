@@ -198,6 +198,29 @@ def test_truncated_upload_then_a_good_one(page, files):
     assert all((w, h) == (96, 64) for _, w, h in _shown_sizes(page))
 
 
+def test_one_restoration_at_a_time_and_the_queue_position_is_shown(page, server, files):
+    """A second visitor who presses Restore while the first one's is running waits in the
+    queue and is told their position; both then get their result."""
+    other = page.context.browser.new_page()
+    other.set_default_timeout(120_000)
+    other.goto(server[0])
+    other.wait_for_selector("#restore")
+    _upload(other, files / "cat.jpg")
+    other.wait_for_selector("#probs .row")
+    # the first visitor (coffee.png is still uploaded there) asks for many steps: a new
+    # compile plus sampling keep the model busy for a while
+    page.fill("#steps input[type=number]", "60")
+    page.press("#steps input[type=number]", "Enter")
+    page.click("#restore")
+    page.wait_for_function("() => /processing|steps/.test(document.querySelector('#result').innerText)")
+    other.click("#restore")
+    other.wait_for_selector("#result:has-text('queue: 1/1')")
+    page.wait_for_selector("#status:has-text('coffee.png: 96x64 pixels restored in')")
+    other.wait_for_selector("#status:has-text('cat.jpg: 96x64 pixels restored in')")
+    assert "(60 steps" in page.inner_text("#status")
+    other.close()
+
+
 def test_nothing_leaves_the_machine_or_the_temp_dir(page, server):
     url, cwd, log = server
     assert page.requests and all(u.startswith(url) or u.startswith("blob:") or
