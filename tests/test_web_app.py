@@ -211,6 +211,12 @@ def test_one_restoration_at_a_time_and_the_queue_position_is_shown(page, server,
     # compile plus sampling keep the model busy for a while
     page.fill("#steps input[type=number]", "60")
     page.press("#steps input[type=number]", "Enter")
+    page.evaluate("""() => {   // everything the result box shows while it works
+        window.seen = [];
+        const box = document.querySelector('#result');
+        new MutationObserver(() => window.seen.push(box.innerText))
+            .observe(box, {subtree: true, childList: true, characterData: true});
+    }""")
     page.click("#restore")
     page.wait_for_function("() => /processing|steps/.test(document.querySelector('#result').innerText)")
     other.click("#restore")
@@ -218,6 +224,10 @@ def test_one_restoration_at_a_time_and_the_queue_position_is_shown(page, server,
     page.wait_for_selector("#status:has-text('coffee.png: 96x64 pixels restored in')")
     other.wait_for_selector("#status:has-text('cat.jpg: 96x64 pixels restored in')")
     assert "(60 steps" in page.inner_text("#status")
+    # progress while sampling: steps done / total
+    seen = page.evaluate("window.seen")
+    done = sorted({int(m) for t in seen for m in re.findall(r"(\d+)/60 steps", t)})
+    assert done and done[-1] >= 30, seen[-5:]
     other.close()
 
 

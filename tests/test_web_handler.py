@@ -229,9 +229,13 @@ def test_probability_chart_is_sorted_and_names_the_top():
 
 
 def test_serve_refuses_bad_checkpoints(tmp_path, capsys):
+    import tempfile
+
     from daclip_jax.cli import main
 
+    before = dict(os.environ), tempfile.gettempdir()
     code = main(["serve", "--daclip", str(tmp_path / "missing.pt"), "--unet",
                  str(tmp_path / "missing.pth"), "--port", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot load the models" in err and err.count("\n") == 1
+    assert (dict(os.environ), tempfile.gettempdir()) == before   # the process is as it was

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--steps", type=int, default=100, help="the page's initial sampling steps")
     p.add_argument("--max-megapixels", type=float, default=4.2,
-                   help="largest image accepted, in millions of pixels (default 4.2: 2048x2048)")
+                   help="largest image accepted, in millions of pixels (default 4.2: about 2048x2048)")
     p.add_argument("--max-upload-mb", type=float, default=64,
                    help="largest upload accepted, in MB")
     p.add_argument("--no-examples", dest="examples", action="store_false",
@@ -34,11 +34,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+_ENV = ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED", "TMPDIR")
+
+
 def run(args) -> int:
     workdir = tempfile.mkdtemp(prefix="daclip-jax-serve-")
+    saved = {k: os.environ.get(k) for k in _ENV}, tempfile.tempdir, signal.getsignal(signal.SIGTERM)
     try:
         return _serve(args, workdir)
-    finally:
+    finally:   # as it was (a caller in the same process keeps working), then the files go
+        for k, v in saved[0].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = saved[1]
+        signal.signal(signal.SIGTERM, saved[2])
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# 2048 x 2048: restored in 16 tiles of 512 px; the cap keeps a phone's 12 Mpx photo (hours
+# about 2048 x 2048 (16 tiles of 512 px); the cap keeps a phone's 12 Mpx photo (hours
 # of CPU sampling with the released nets) from being started by accident.
-DEFAULT_MAX_PIXELS = 2048 * 2048
+DEFAULT_MAX_PIXELS = 4_200_000
 OVERLAP = 32                      # tile overlap in pixels (the CLI's default)
 MAX_SEED = 2**31 - 1
 KEEP_RESULTS = 16                 # request folders kept in the work dir (older are removed)
