@@ -186,7 +186,9 @@ def test_size_cap_is_checked_on_the_header(restorer, tmp_path):
     (Settings(steps=2, sampler="ode", clip_x0=True), "posterior"),
     (Settings(steps=2, seed=-1), "seed"),
     (Settings(steps=2, tile=48), "tile"),
-    (Settings(steps="many"), "invalid setting"),
+    (Settings(steps="many"), "steps must be a whole number"),
+    (Settings(steps=2.5), "steps must be a whole number"),
+    (Settings(steps=2, seed=None), "seed must be a whole number, got None"),
 ])
 def test_bad_settings_are_refused_by_name(restorer, photo, tmp_path, settings, words):
     path = tmp_path / "p.png"

@@ -61,8 +61,19 @@ class Result:
         return word, self.probs[word]
 
 
-def _one_line(text) -> str:
+def one_line(text) -> str:
     return " ".join(str(text).split())
+
+
+def _whole(name, value) -> int:
+    """A control's value as an int (sliders and number boxes send floats or strings)."""
+    try:
+        f = float(value)
+        if f.is_integer():
+            return int(f)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise BadRequest(f"{name} must be a whole number, got {value!r}")
 
 
 class Restorer:
@@ -125,16 +136,13 @@ class Restorer:
         """The controls as `restore_image` wants them, or BadRequest naming the bad one."""
         from daclip_jax.sampling import SAMPLERS, check_steps
 
-        try:
-            steps = int(settings.steps)
-            seed = int(settings.seed)
-            tile = None if settings.tile in (None, 0) else int(settings.tile)
-        except (TypeError, ValueError) as e:
-            raise BadRequest(f"invalid setting: {_one_line(e)}") from None
+        steps = _whole("steps", settings.steps)
+        seed = _whole("seed", settings.seed)
+        tile = None if settings.tile in (None, 0) else _whole("tile size", settings.tile)
         try:
             check_steps(steps, self.unet.cfg.parameterization, self.sde.T)
         except ValueError as e:
-            raise BadRequest(f"steps: {_one_line(e)}") from None
+            raise BadRequest(f"steps: {one_line(e)}") from None
         if settings.sampler not in SAMPLERS:
             raise BadRequest(f"sampler must be one of {', '.join(SAMPLERS)}, got {settings.sampler!r}")
         if settings.clip_x0 and settings.sampler != "posterior":
@@ -170,7 +178,7 @@ class Restorer:
         try:
             lq = read_image(path)
         except (ValueError, OSError) as e:   # ImageReadError: "<path>: <reason>"
-            msg = _one_line(e)
+            msg = one_line(e)
             if msg.startswith(path + ": "):
                 msg = msg[len(path) + 2:]
             raise BadRequest(f"{name}: {msg}") from None

@@ -15,7 +15,7 @@ import logging
 
 import gradio as gr
 
-from daclip_jax.web.handler import BadRequest, Restorer, Settings
+from daclip_jax.web.handler import BadRequest, Restorer, Settings, one_line
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> g
             return None, "", _status(str(e), error=True), _no_download()
         except Exception as e:   # never a traceback on the page; the console gets it
             log.exception("inspect failed")
-            return None, "", _status(f"internal error: {type(e).__name__}: {e}", True), _no_download()
+            return None, "", _status(f"internal error: {type(e).__name__}: {one_line(e)}", True), _no_download()
         w, h = r.size
         return ((r.input_png, None), probabilities_html(r.probs),
                 _status(f"{r.name}: {w}x{h} pixels. Press Restore."), _no_download())
@@ -97,7 +97,7 @@ def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> g
             return None, "", _status(str(e), error=True), _no_download()
         except Exception as e:
             log.exception("restore failed")
-            return None, "", _status(f"internal error: {type(e).__name__}: {e}", True), _no_download()
+            return None, "", _status(f"internal error: {type(e).__name__}: {one_line(e)}", True), _no_download()
         w, h = r.size
         s = r.settings
         return ((r.input_png, r.restored_png), probabilities_html(r.probs),
