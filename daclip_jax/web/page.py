@@ -63,6 +63,11 @@ def _no_download():
                              elem_id="download")
 
 
+def _failed(message):
+    """The outputs after a refused or failed request: no stale result, the message."""
+    return None, "", _status(message, error=True), _no_download()
+
+
 def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> gr.Blocks:
     T = restorer.sde.T
     default_steps = max(1, min(default_steps, T))
@@ -73,10 +78,10 @@ def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> g
         try:
             r = restorer.inspect(path)
         except BadRequest as e:
-            return None, "", _status(str(e), error=True), _no_download()
+            return _failed(str(e))
         except Exception as e:   # never a traceback on the page; the console gets it
             log.exception("inspect failed")
-            return None, "", _status(f"internal error: {type(e).__name__}: {one_line(e)}", True), _no_download()
+            return _failed(f"internal error: {type(e).__name__}: {one_line(e)}")
         w, h = r.size
         return ((r.input_png, None), probabilities_html(r.probs),
                 _status(f"{r.name}: {w}x{h} pixels. Press Restore."), _no_download())
@@ -94,10 +99,10 @@ def build_app(restorer: Restorer, examples=(), *, default_steps: int = 100) -> g
         try:
             r = restorer.restore(path, settings, on_step=on_step)
         except BadRequest as e:
-            return None, "", _status(str(e), error=True), _no_download()
+            return _failed(str(e))
         except Exception as e:
             log.exception("restore failed")
-            return None, "", _status(f"internal error: {type(e).__name__}: {one_line(e)}", True), _no_download()
+            return _failed(f"internal error: {type(e).__name__}: {one_line(e)}")
         w, h = r.size
         s = r.settings
         return ((r.input_png, r.restored_png), probabilities_html(r.probs),
