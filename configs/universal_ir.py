@@ -64,6 +64,7 @@ def restoration_base(arg):
     c.train.end_lr = 1e-6
     c.train.loss_type = "l1"
     c.train.x0_weighting = "ml"    # "x0" nets: "ml" (the official loss with x0_hat) | "uniform"
+    c.train.t_max_prob = 0.0       # fraction of training states drawn at t = T (0: official uniform)
     c.train.log_every = 200
 
     c.ema.decay = 0.995

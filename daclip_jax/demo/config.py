@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         photos=tuple(p[1] for p in PHOTOS),   # which of PHOTOS to use (file names)
         heldout=HELDOUT,                      # those kept out of training (evaluation only)
         short_side=160,                       # photos are rescaled so the short side is this
+        train_scales=(1.0,),                  # training photos also written at these x short_side
         patch_size=64,                        # training patch = CLIP view side (no resize)
         read_threads=2, prefetch=8))
     c.clip = ml_collections.ConfigDict(dict(
@@ -61,7 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.daclip = ml_collections.ConfigDict(dict(
         steps=800, batch_size=32, lr=1e-3, warmup_steps=50, weight_decay=0.05, adam_eps=1e-6))
     c.restoration = ml_collections.ConfigDict(dict(
-        unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4))),
+        unet=ml_collections.ConfigDict(dict(nf=16, ch_mult=(1, 2, 4), parameterization="x0")),
+        x0_weighting="ml",                    # the x0 net's loss over t (sde.IRSDE.x0_loss)
+        t_max_prob=0.0,                       # fraction of training states at t = T (one-step mode)
         steps=500, batch_size=4, lr=1e-3, warmup_steps=0,
         adam_eps=1e-8,                        # torch's default, as the official IR-SDE: the
                                               # matching loss's gradients are ~1e-6 per weight
@@ -70,7 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         crops_per_photo=8,                    # patches per held-out photo, each with every type
         restore_crops_per_photo=2,            # of those, restored (the sampler is the costly part)
-        sample_steps=20, sampler="posterior", batch_size=40,
+        sample_steps=(20, 1),                 # sampling steps, each reported; the first is the
+                                              # report's restorer (1 = the x0 net's one-step mode)
+        sampler="posterior", batch_size=40,
         clip_x0=True,                         # x0 estimates clipped to [0, 1] (daclip_jax.sampling)
         grid_photos=("coffee", "camera")))    # held-out photos shown in the before/after grid
     c.log_every = 25
@@ -88,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.restoration.steps, c.restoration.batch_size = 4, 4
         c.eval.crops_per_photo = 1
         c.eval.restore_crops_per_photo = 1
-        c.eval.sample_steps = 2
+        c.eval.sample_steps = (2, 1)
         c.eval.batch_size = 20
         c.log_every = 2
     return c

@@ -34,8 +34,16 @@ def _rescale(img: np.ndarray, short_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
 
 
+def _scale_suffix(scale: float) -> str:
+    return "" if scale == 1 else f"@{scale:g}"
+
+
 def prepare_data(cfg, data_dir: str) -> dict:
-    """Writes the photos (split by photo) and the caption table; idempotent. Returns paths."""
+    """Writes the photos (split by photo) and the caption table; idempotent. Returns paths.
+
+    Training photos are written at every scale of `data.train_scales` (short side x scale,
+    `<name>@<scale>.png`): 64 px patches of one photo at three scales show three times the
+    content (textures, edges, object sizes); held-out photos only at scale 1."""
     from PIL import Image
 
     table = {p[1]: p for p in PHOTOS}
@@ -47,14 +55,18 @@ def prepare_data(cfg, data_dir: str) -> dict:
     if not train or not heldout:
         raise ValueError("the demo needs at least one training and one held-out photo")
     captions = {}
+    scales = {"train": tuple(cfg.data.get("train_scales", (1.0,))), "heldout": (1.0,)}
     for split, names in (("train", train), ("heldout", heldout)):
         d = os.path.join(data_dir, split)
         os.makedirs(d, exist_ok=True)
         for name in names:
-            path = os.path.join(d, f"{name}.png")
-            if not os.path.exists(path):
-                Image.fromarray(_rescale(load_photo(table[name][0]), cfg.data.short_side)).save(path)
-            captions[f"{name}.png"] = table[name][2]
+            for scale in scales[split]:
+                file = f"{name}{_scale_suffix(scale)}.png"
+                path = os.path.join(d, file)
+                if not os.path.exists(path):
+                    side = round(cfg.data.short_side * scale)
+                    Image.fromarray(_rescale(load_photo(table[name][0]), side)).save(path)
+                captions[file] = table[name][2]
     cap_path = os.path.join(data_dir, "captions.json")
     with open(cap_path, "w") as f:
         json.dump(captions, f, indent=1)

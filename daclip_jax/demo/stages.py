@@ -144,24 +144,45 @@ def train_stages(cfg, workdir: str) -> tuple[dict, dict]:
 
     # stage 2: frozen CLIP + DA-CLIP controller
     daclip_dir = os.path.join(workdir, "daclip")
+    c2 = daclip_config(cfg, paths, clip_init)
+    times["daclip"] = _run_stage("stage 2/3 DA-CLIP controller", c2, daclip_dir, daclip_task(c2))
+
+    # stage 3: ConditionalUNet + IR-SDE on the frozen DA-CLIP
+    c3 = restoration_config(cfg, paths, os.path.join(daclip_dir, "model"))
+    times["restoration"] = _run_stage("stage 3/3 IR-SDE restorer", c3,
+                                      os.path.join(workdir, "restoration"), restoration_task(c3))
+    return paths, times
+
+
+def daclip_config(cfg, paths: dict, clip_init: str) -> ml_collections.ConfigDict:
+    """Stage 2's trainer config: the controller on the frozen CLIP `clip_init`."""
     c2 = trainer_config("daclip", cfg, paths, cfg.daclip)
     c2.model.name = "daclip_tiny"    # only dtype/remat are read: weights + shape come from init
     c2.model.init = clip_init
     c2.model.controller_init = "zero"
     c2.model.dtype = "float32"
     c2.model.remat = False
-    from daclip_jax.train.daclip_task import DaClipTask
-    times["daclip"] = _run_stage("stage 2/3 DA-CLIP controller", c2, daclip_dir, DaClipTask(c2))
+    return c2
 
-    # stage 3: ConditionalUNet + IR-SDE on the frozen DA-CLIP
+
+def daclip_task(config):
+    from daclip_jax.train.daclip_task import DaClipTask
+    return DaClipTask(config)
+
+
+def restoration_config(cfg, paths: dict, daclip_model: str) -> ml_collections.ConfigDict:
+    """Stage 3's trainer config: the demo UNet + IR-SDE on the frozen DA-CLIP `daclip_model`."""
     rc = cfg.restoration
     c3 = trainer_config("restoration", cfg, paths, rc)
-    c3.model.daclip = os.path.join(daclip_dir, "model")
+    c3.model.daclip = daclip_model
     c3.model.unet = dict(rc.unet)
     c3.sde = ml_collections.ConfigDict(dict(rc.sde))
     c3.train.b2 = 0.99
     c3.train.loss_type = "l1"
-    times["restoration"] = _run_stage("stage 3/3 IR-SDE restorer", c3,
-                                      os.path.join(workdir, "restoration"),
-                                      _restoration_task_cls()(c3))
-    return paths, times
+    c3.train.x0_weighting = rc.x0_weighting
+    c3.train.t_max_prob = float(rc.t_max_prob)
+    return c3
+
+
+def restoration_task(config):
+    return _restoration_task_cls()(config)

@@ -7,7 +7,8 @@ between the predicted and the optimal x_{t-1}.
 `model.parameterization = "x0"` trains the net to output the clean image's residual instead
 (see sde.py: it starts from "change nothing" and converges in far fewer steps), with the loss
 `train.x0_weighting`: "ml" (the same maximum-likelihood loss, x0_hat in place of x0) or
-"uniform" (plain L1 on x0_hat).
+"uniform" (plain L1 on x0_hat); `train.t_max_prob` draws that fraction of the training
+states at t = T, where the one-step mode evaluates (0: t uniform, the official draw).
 
 Validation samples with the compiled sampler at fewer steps (``eval.sample_steps``,
 the official ``sample_T`` mechanism) and reports PSNR / SSIM per degradation type
@@ -101,7 +102,13 @@ class RestorationTask(Task):
     def loss(self, model, batch, rng):
         lq, gt = batch["lq"], batch["gt"]
         image_context, degra_context = model.contexts(batch["lq_clip"])
-        t, xt = self.sde.generate_random_states(gt, lq, rng)
+        t = None
+        p_T = float(self.config.train.get("t_max_prob", 0.0))
+        if p_T > 0:   # more samples at t = T, where the one-step mode of x0 nets evaluates
+            k_t, k_T, rng = jax.random.split(rng, 3)
+            t = jax.random.randint(k_t, (gt.shape[0],), 1, self.sde.T + 1, dtype=jnp.int32)
+            t = jnp.where(jax.random.uniform(k_T, t.shape) < p_T, self.sde.T, t)
+        t, xt = self.sde.generate_random_states(gt, lq, rng, t=t)
         xt = parallel.constrain_batch(xt)
         out = model.unet(xt, lq, t.astype(jnp.float32), text_context=degra_context,
                          image_context=image_context)
