@@ -241,3 +241,11 @@ def test_serve_refuses_bad_checkpoints(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "cannot load the models" in err and err.count("\n") == 1
     assert (dict(os.environ), tempfile.gettempdir()) == before   # the process is as it was
+
+
+def test_one_step_is_allowed_for_an_x0_net(models, tmp_path):
+    from daclip_jax.models.unet import UNetConfig, init_unet
+
+    daclip, _, sde = models
+    x0_net = init_unet(UNetConfig.named("tiny", nf=8, context_dim=32, parameterization="x0"))
+    assert Restorer(daclip, x0_net, sde, tmp_path).check(Settings(steps=1)).steps == 1
