@@ -16,6 +16,7 @@ _VERBS = (
     "daclip_jax.cli.train",      # train, sweep, eval
     "daclip_jax.cli.data",       # data pack / preview
     "daclip_jax.cli.demo",       # demo
+    "daclip_jax.cli.serve",      # serve (the web app)
 )
 
 

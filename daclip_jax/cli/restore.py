@@ -68,22 +68,17 @@ def run(args) -> int:
     import numpy as np
 
     from daclip_jax.classify import classify_degradation
-    from daclip_jax.convert.daclip import load_daclip
-    from daclip_jax.convert.unet import load_unet
     from daclip_jax.imageio import read_image, write_png
     from daclip_jax.labels import DEGRADATIONS
     from daclip_jax.preprocess import clip_view
-    from daclip_jax.restore import daclip_contexts, restore_image
+    from daclip_jax.restore import daclip_contexts, load_models, restore_image
     from daclip_jax.sampling import check_steps
-    from daclip_jax.sde import sde_for_weights
 
-    try:
-        daclip = load_daclip(args.daclip)
-        unet = load_unet(args.unet)
+    try:   # the SDE: sde.json next to the UNet weights, else the released nets'
+        daclip, unet, sde = load_models(args.daclip, args.unet)
     except (OSError, ValueError, ImportError) as e:
         print(f"error: cannot load the models: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    sde = sde_for_weights(args.unet)   # sde.json next to the weights, else the released nets'
     try:   # the net's parameterization came with it (model dir config / sde.json beside a .pth)
         check_steps(args.steps, unet.cfg.parameterization, sde.T)
     except ValueError as e:
