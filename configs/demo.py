@@ -1,5 +1,5 @@
 """The end-to-end demo (`daclip-jax demo`); the config itself is embedded in the package
-(daclip_jax/demo.py) so an installed daclip-jax runs it without this file.
+(daclip_jax/demo/config.py) so an installed daclip-jax runs it without this file.
 
     daclip-jax demo --workdir runs/demo --config configs/demo.py          # = the default
     daclip-jax demo --workdir /tmp/demo --config configs/demo.py:smoke    # smoke size

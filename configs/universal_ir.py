@@ -39,6 +39,9 @@ def restoration_base(arg):
     c = base_config("restoration")
     c.model.unet = "universal-ir"
     c.model.unet_overrides = {}    # UNetConfig fields over the preset, e.g. {"nf": 32}
+    # what the UNet outputs: "noise" (official; the released weights) | "x0" (the clean image's
+    # residual: starts from "change nothing", converges in far fewer steps; sde.py)
+    c.model.parameterization = "noise"
     c.model.init = ""          # UNet weights to fine-tune from (official .pth or our dir)
     c.model.daclip = ""        # frozen DA-CLIP: official .pt, our model dir, ...
     c.model.daclip_name = "ViT-B-32"   # architecture of a random DA-CLIP when daclip is ""
@@ -60,6 +63,8 @@ def restoration_base(arg):
     c.train.warmup_steps = 0
     c.train.end_lr = 1e-6
     c.train.loss_type = "l1"
+    c.train.x0_weighting = "ml"    # "x0" nets: "ml" (the official loss with x0_hat) | "uniform"
+    c.train.t_max_prob = 0.0       # fraction of training states drawn at t = T (0: official uniform)
     c.train.log_every = 200
 
     c.ema.decay = 0.995

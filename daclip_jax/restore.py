@@ -70,6 +70,19 @@ def _progress_bar(total, enabled, desc):
     if not enabled:
         yield
         return
+    if callable(enabled):   # a caller's own display (the web page): fn(steps done, total)
+        done = [0]
+
+        def tick(_t):
+            done[0] += 1
+            enabled(done[0], total)
+
+        sampling.set_progress(tick)
+        try:
+            yield
+        finally:
+            sampling.set_progress(None)
+        return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
@@ -90,6 +103,8 @@ def restore_image(daclip_model, unet, lq, sde, steps=100, sampler="posterior", s
     up to AUTO_TILE_PIXELS, tiles of AUTO_TILE above). contexts: precomputed
     (image_context, text_context) instead of running `daclip_model`. clip_x0: clip the
     sampler's x0 estimates to [0, 1] (daclip_jax.sampling; for briefly trained networks).
+    progress: True for a tqdm bar, or a callable `fn(steps done, total)` called after each
+    sampling step (total counts every tile's steps).
     Returns float32 (H, W, 3) in [0, 1].
     """
     lq = np.asarray(lq, np.float32)
@@ -105,7 +120,7 @@ def restore_image(daclip_model, unet, lq, sde, steps=100, sampler="posterior", s
 
     def run(crop, offset):
         return sampling.sample(unet, sde, crop[None], text_context, image_context, key, steps,
-                               sampler, offset=offset, full_width=W, progress=progress,
+                               sampler, offset=offset, full_width=W, progress=bool(progress),
                                clip_x0=clip_x0)[0]
 
     if tile is None or (H <= tile and W <= tile):
@@ -127,3 +142,15 @@ def restore_image(daclip_model, unet, lq, sde, steps=100, sampler="posterior", s
                 acc[y:y + th, x:x + tw] += out * w
                 wsum[y:y + th, x:x + tw] += w
     return np.clip(acc / wsum, 0, 1)
+
+
+def load_models(daclip_path, unet_path):
+    """(daclip, unet, sde) from any checkpoints `daclip-jax restore` accepts (official .pt/.pth
+    or our model dirs). The SDE, and the net's parameterization (in unet.cfg), come with the
+    UNet weights (sde.json beside them), else they are the released nets'. Loading errors are
+    OSError / ValueError / ImportError; one place, so the CLI and the web app agree."""
+    from daclip_jax.convert.daclip import load_daclip
+    from daclip_jax.convert.unet import load_unet
+    from daclip_jax.sde import sde_for_weights
+
+    return load_daclip(daclip_path), load_unet(unet_path), sde_for_weights(unet_path)

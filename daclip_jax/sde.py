@@ -181,6 +181,10 @@ class IRSDE:
         do: x0_hat = (x_t - mu - sigma_bar eps_hat) e^{theta_bar t} + mu multiplies noise errors by
         up to 1/eps at large t."""
         x0 = self.get_init_state_from_noise(xt, mu, noise, t)
+        return self.reverse_posterior_step_x0(xt, mu, x0, t, z, x0_range)
+
+    def reverse_posterior_step_x0(self, xt, mu, x0, t, z, x0_range=None):
+        """The posterior step from an x0 estimate: a draw from q(x_{t-1} | x_t, x0)."""
         if x0_range is not None:
             x0 = jnp.clip(x0, *x0_range)
         mean = self.reverse_optimum_step(xt, x0, mu, t)
@@ -201,6 +205,23 @@ class IRSDE:
     def get_init_state_from_noise(self, xt, mu, noise, t):
         A = jnp.exp(_t_index(self.thetas_cumsum, t, xt.ndim) * self.dt)
         return (xt - mu - self.sigma_bar(t, xt.ndim) * noise) * A + mu
+
+    # -- what the network's output means (UNetConfig.parameterization) ------------------------
+    # "noise" (official): the output is the noise eps_hat of x_t; x0 follows by inverting the
+    # marginal, which multiplies eps_hat's error by e^{theta_bar_t} (up to 1/eps = 200 at t = T),
+    # so a briefly trained net starts its reverse run far off.
+    # "x0": the output is the residual x0_hat - mu (the UNet's last conv starts at zero, so an
+    # untrained net returns mu, "change nothing"); the posterior step takes x0_hat directly
+    # and the score follows from it (get_real_score with x0_hat): no amplification.
+    def x0_from_output(self, out, xt, mu, t, parameterization="noise"):
+        if parameterization == "x0":
+            return mu + out
+        return self.get_init_state_from_noise(xt, mu, out, t)
+
+    def score_from_output(self, out, xt, mu, t, parameterization="noise"):
+        if parameterization == "x0":
+            return self.get_real_score(xt, mu + out, mu, t)
+        return self.score_from_noise(out, t)
 
     # -- start states ------------------------------------------------------------------------
     def noise_state(self, lq, key=None, z=None):
@@ -230,36 +251,60 @@ class IRSDE:
         score = self.score_from_noise(noise_pred, t)
         pred = self.reverse_sde_step_mean(xt, mu, score, t)
         target = self.reverse_optimum_step(xt, x0, mu, t)
-        d = pred - target
-        if loss_type == "l1":
-            per = jnp.abs(d)
-        elif loss_type == "l2":
-            per = jnp.square(d)
+        return _reduce(pred - target, loss_type)
+
+    def x0_loss(self, x0_hat, xt, x0, mu, t, loss_type="l1", weighting="ml"):
+        """Objective of an "x0" net. weighting "ml": the official maximum-likelihood loss with
+        x0_hat where the optimum step uses x0, i.e. |optimum_step(x0_hat) - optimum_step(x0)| =
+        c_t |x0_hat - x0| with c_t the posterior mean's x0 coefficient (small at large t);
+        "uniform": |x0_hat - x0| at every t (plain L1/L2 on the clean-image estimate)."""
+        if weighting == "ml":
+            d = self.reverse_optimum_step(xt, x0_hat, mu, t) - self.reverse_optimum_step(xt, x0, mu, t)
+        elif weighting == "uniform":
+            d = x0_hat - x0
         else:
-            raise ValueError(f"invalid loss type {loss_type!r}")
-        return jnp.mean(jnp.mean(per.reshape(per.shape[0], -1), axis=1))
+            raise ValueError(f"invalid x0 loss weighting {weighting!r}: ml or uniform")
+        return _reduce(d, loss_type)
+
+
+def _reduce(d, loss_type):
+    """Per-sample mean of |d| (l1) or d^2 (l2), then the batch mean (as the official loss)."""
+    if loss_type == "l1":
+        per = jnp.abs(d)
+    elif loss_type == "l2":
+        per = jnp.square(d)
+    else:
+        raise ValueError(f"invalid loss type {loss_type!r}")
+    return jnp.mean(jnp.mean(per.reshape(per.shape[0], -1), axis=1))
 
 
 # ----------------------------------------------------------------------------- saved settings
 
-SDE_FILE = "sde.json"    # next to trained UNet weights: the SDE they were trained with
+SDE_FILE = "sde.json"    # next to trained UNet weights: the SDE they were trained with + what
+                         # the net's output means ("parameterization")
 RELEASED = dict(max_sigma=50, T=100, schedule="cosine", eps=0.005)   # universal-ir / wild-ir
 
 
-def save_sde_settings(sde: IRSDE, directory) -> str:
+def save_sde_settings(sde: IRSDE, directory, parameterization: str = "noise") -> str:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, SDE_FILE)
     with open(path, "w") as f:
-        json.dump(sde.to_dict(), f, indent=1)
+        json.dump(dict(sde.to_dict(), parameterization=parameterization), f, indent=1)
     return path
 
 
-def sde_for_weights(path) -> IRSDE:
-    """The SDE a UNet was trained with: `<dir>/sde.json` when `path` is (or sits in) a folder
-    that has one, else the released checkpoints' settings (RELEASED)."""
+def settings_for_weights(path) -> dict | None:
+    """The saved settings beside UNet weights: `<dir>/sde.json` when `path` is (or sits in) a
+    folder that has one, else None (an official checkpoint: RELEASED, "noise")."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     settings = os.path.join(folder, SDE_FILE)
-    if os.path.isfile(settings):
-        with open(settings) as f:
-            return IRSDE(**{k: v for k, v in json.load(f).items() if k in RELEASED})
-    return IRSDE(**RELEASED)
+    if not os.path.isfile(settings):
+        return None
+    with open(settings) as f:
+        return json.load(f)
+
+
+def sde_for_weights(path) -> IRSDE:
+    """The SDE a UNet was trained with (settings_for_weights), else the released settings."""
+    saved = settings_for_weights(path) or RELEASED
+    return IRSDE(**{k: v for k, v in saved.items() if k in RELEASED})

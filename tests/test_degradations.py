@@ -240,9 +240,11 @@ def test_sample_kinds_distribution():
 def test_type_deterministic_and_in_range(kind):
     x = photo("chelsea")
     fn = D.FUNCTIONS[kind]
-    a, pa = fn(x, rng(21), 0.6)
-    b, _ = fn(x, rng(21), 0.6)
-    c, _ = fn(x, rng(22), 0.6)
+    # An official inpainting mask is pinned by the severity; its window in a larger mask is drawn.
+    kw = {"mask_size": (320, 320)} if kind == "uncompleted" else {}
+    a, pa = fn(x, rng(21), 0.6, **kw)
+    b, _ = fn(x, rng(21), 0.6, **kw)
+    c, _ = fn(x, rng(22), 0.6, **kw)
     assert a.dtype == np.float32 and a.shape == x.shape
     assert a.min() >= 0 and a.max() <= 1
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
@@ -381,17 +383,111 @@ def test_snow_flake_size_classes():
 
 
 # ---------------------------------------------------------------- uncompleted
+def _official_keep(mask_id):
+    from daclip_jax.data.degradations._official_assets import inpainting_masks
+    return inpainting_masks()[mask_id].astype(np.float64) / 255.0
+
+
+def _area_matrix(n_in, n_out):
+    """INTER_AREA shrinking as exact box integration: output i averages [i s, (i + 1) s)."""
+    s = n_in / n_out
+    lo, hi = np.arange(n_out)[:, None] * s, (np.arange(n_out)[:, None] + 1) * s
+    j = np.arange(n_in)[None, :]
+    return np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None) / s
+
+
+def _check_composite(x, out, hole):
+    keep = 1.0 - hole
+    assert np.all(out[hole == 1] == 1.0)                       # holes exactly white
+    assert np.array_equal(out[hole == 0], x[hole == 0])        # the rest untouched
+    np.testing.assert_allclose(out, keep[..., None] * x + (1 - keep[..., None]), atol=1e-6)
+
+
+def test_official_mask_is_one_of_the_100_at_256():
+    from daclip_jax.data.degradations._official_assets import inpainting_masks
+    x = photo("chelsea")
+    masks = inpainting_masks()
+    for seed, s in [(0, 0.0), (1, 0.37), (2, 0.81), (3, 1.0)]:
+        out, p = D.uncompleted(x, rng(seed), s)
+        hole = p["maps"]["mask"]
+        assert p["mask_source"] == "official" and set(np.unique(hole)) <= {0.0, 1.0}
+        same = [i for i in range(100) if np.array_equal(masks[i] == 0, hole == 1)]
+        assert same == [p["mask_id"]]
+        assert p["hole_fraction"] == pytest.approx(np.mean(masks[p["mask_id"]] == 0))
+        _check_composite(x, out, hole)
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (200, 150)])
+def test_official_mask_resized_with_inter_area(shape):
+    x = photo("coffee")[:shape[0], :shape[1]]
+    out, p = D.uncompleted(x, rng(5), 0.6)
+    hole = p["maps"]["mask"]
+    want = _area_matrix(256, shape[0]) @ _official_keep(p["mask_id"]) @ _area_matrix(256, shape[1]).T
+    np.testing.assert_allclose(1.0 - hole, want, atol=1e-6)
+    assert 0 < np.mean((hole > 0) & (hole < 1)) < 0.2          # soft borders only
+    _check_composite(x, out, hole)
+
+
+def test_official_mask_random_window():
+    from daclip_jax.data.degradations.inpainting import official_keep_mask
+    x = photo("astronaut")
+    windows = set()
+    for seed in range(12):
+        out, p = D.uncompleted(x, rng(seed), 0.5, mask_size=(384, 320))
+        top, left = p["window"]
+        assert 0 <= top < 384 - 256 and 0 <= left < 320 - 256
+        full = official_keep_mask(p["mask_id"], (384, 320))            # the mask at mask_size
+        np.testing.assert_array_equal(1.0 - p["maps"]["mask"], full[top:top + 256, left:left + 256])
+        _check_composite(x, out, p["maps"]["mask"])
+        windows.add((top, left))
+    assert len(windows) > 8
+    with pytest.raises(ValueError, match="smaller"):
+        D.uncompleted(x, rng(0), 0.5, mask_size=(200, 300))
+
+
+def test_official_mask_severity_monotone_and_uniform():
+    from daclip_jax.data.degradations.inpainting import masks_by_hole_fraction, official_mask_id
+    _, fraction = masks_by_hole_fraction()
+    ids = [official_mask_id(s) for s in np.linspace(0, 1, 301)]
+    fr = fraction[ids]
+    assert np.all(np.diff(fr) >= 0)
+    assert fr[0] == fraction.min() and fr[-1] == fraction.max()
+    assert 0.03 < fr[0] < 0.04 and 0.49 < fr[-1] <= 0.5
+    assert official_mask_id(-0.2) == ids[0] and official_mask_id(1.5) == ids[-1]
+    # Severity ~ U(0, 1) lands on every mask with probability 1/100: the official uniform choice.
+    assert sorted(official_mask_id((k + 0.5) / 100) for k in range(100)) == list(range(100))
+    x = photo()
+    holes = [D.uncompleted(x, rng(0), s)[1]["hole_fraction"] for s in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    assert holes == sorted(holes) and holes[-1] > holes[0] + 0.2
+
+
 @pytest.mark.parametrize("style", ["lama", "deepfill"])
-def test_inpainting_holes(style):
+def test_procedural_holes(style):
     x = photo("chelsea")
     for seed, s in [(0, 0.0), (1, 0.5), (2, 1.0)]:
-        out, p = D.uncompleted(x, rng(seed), s, style=style)
+        out, p = D.uncompleted(x, rng(seed), s, mask_source="procedural", style=style)
         m = p["maps"]["mask"]
+        assert p["mask_source"] == "procedural"
         assert set(np.unique(m)) <= {0.0, 1.0}
         assert 0.03 <= m.mean() <= 0.5
         assert m.mean() >= p["target_hole_fraction"]
         assert np.all(out[m == 1] == 1.0)
         assert np.array_equal(out[m == 0], x[m == 0])
+
+
+def test_mask_source_in_meta_and_options():
+    x = photo("chelsea")
+    _, meta = D.degrade(x, "uncompleted", rng(3))
+    assert meta["params"]["uncompleted"]["mask_source"] == "official"
+    _, meta = D.degrade(x, ["hazy", "uncompleted"], rng(3),
+                        options={"uncompleted": {"mask_source": "procedural"}})
+    assert meta["params"]["uncompleted"]["mask_source"] == "procedural"
+    _, meta = D.degrade(x, "hazy", rng(3), options={"uncompleted": {"mask_source": "procedural"}})
+    assert "uncompleted" not in meta["params"]
+    with pytest.raises(ValueError, match="mask_source"):
+        D.uncompleted(x, rng(0), 0.5, mask_source="lama")
+    with pytest.raises(ValueError, match="unknown degradation"):
+        D.degrade(x, "hazy", rng(0), options={"inpainting": {}})
 
 
 def test_inpainting_through_degrade_keeps_gt_and_mask():

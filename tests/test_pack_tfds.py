@@ -11,6 +11,7 @@ from PIL import Image
 
 from daclip_jax.data import sources as S
 from daclip_jax.data.pack import pack
+from daclip_jax.data.sources.array_record import _decode_packed
 
 
 def _rgb(h, w, seed):
@@ -168,7 +169,7 @@ def test_pack_tiles_and_raw_encoding(tmp_path):
     # a corrupt raw record is a bad file, not a crash
     blob = S.serialize_record({"id": "x", "gt_raw_shape": [4, 4, 3]}, b"\x00" * 10)
     with pytest.raises(ValueError, match="corrupt raw"):
-        S._decode_packed(S.deserialize_record(blob)[1], [4, 4, 3], 0, "x")
+        _decode_packed(S.deserialize_record(blob)[1], [4, 4, 3], 0, "x")
 
 
 def test_tfds_source_pickles_for_grain_workers(tmp_path):

@@ -235,6 +235,22 @@ def test_single_mode_and_weights(folder):
         next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=8, process_index=0, process_count=1)))
 
 
+def test_inpainting_mask_source_config(folder):
+    # Official masks resized to the 32 px patch with INTER_AREA blend on hole borders (LQ neither
+    # GT nor white there); procedural masks are binary (LQ is GT or white everywhere).
+    def batch(**kw):
+        cfg = _cfg(folder, **{"degradation.kinds": ("uncompleted",), **kw})
+        return next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=4, process_index=0, process_count=1)))
+
+    for source, blended in (("official", True), ("procedural", False)):
+        b = batch(**{"degradation.mask_source": source})
+        white, same = b["lq"] == 1.0, np.abs(b["lq"] - b["gt"]) < 0.5 / 255
+        assert white.any() and same.any()
+        assert (~(white | same)).any() == blended, source
+    with pytest.raises(ValueError, match="mask_source"):
+        batch(**{"degradation.mask_source": "lama"})
+
+
 def test_default_mixture_of_all_ten_and_wild_mode(folder):
     cfg = _cfg(folder, **{"degradation.kinds": tuple(DEGRADATIONS)})  # C's sample_kinds path
     b = next(iter(PL.build_pipeline(cfg, seed=0, global_batch_size=6, process_index=0, process_count=1)))

@@ -43,7 +43,7 @@ COMMANDS = _commands()
 def test_readme_shows_the_main_verbs():
     verbs = {a[0] for a in COMMANDS if a}
     assert {"demo", "restore", "classify", "import", "export", "train", "eval", "sweep",
-            "data"} <= verbs
+            "data", "serve"} <= verbs
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])

@@ -7,6 +7,7 @@ import pytest
 import skimage.data
 
 from daclip_jax.data import wild
+from daclip_jax.data.degradations._resize import resize_matrix
 
 
 def photo():
@@ -66,10 +67,45 @@ def test_filter2d_is_reflect101_correlation():
     np.testing.assert_allclose(wild.filter2d(x, k), ref, atol=1e-5)
 
 
-def test_psf_option_dropped_and_probabilities_renormalised():
-    assert "psf" not in wild.KERNEL_LIST
-    assert abs(wild.KERNEL_PROB.sum() - 1) < 1e-12
-    np.testing.assert_allclose(wild.KERNEL_PROB[0] / wild.KERNEL_PROB[1], 0.35 / 0.2)
+def test_kernel_mix_is_the_official_one():
+    # predefined_mixed_kernel's ten types and probabilities, 'psf' included (no renormalisation).
+    assert wild.KERNEL_LIST[-1] == "psf" and len(wild.KERNEL_LIST) == 10
+    np.testing.assert_array_equal(wild.KERNEL_PROB, [0.35, 0.2, 0.1, 0.03, 0.1, 0.03, 0.1, 0.03, 0.03, 0.03])
+
+
+def test_kernel_types_drawn_with_the_official_probabilities():
+    g = np.random.default_rng(7)
+    n = 100_000
+    counts = collections.Counter(wild.kernel_type(g) for _ in range(n))
+    observed = np.array([counts[k] for k in wild.KERNEL_LIST])
+    expected = n * wild.KERNEL_PROB
+    # psf: 0.03 +- 5 standard deviations (0.0027); renormalised without it it would be 0.
+    assert abs(observed[-1] / n - 0.03) < 5 * np.sqrt(0.03 * 0.97 / n)
+    chi2 = ((observed - expected) ** 2 / expected).sum()
+    assert chi2 < 33.7                       # chi-square, 9 degrees of freedom, p = 1e-4
+
+
+def test_psf_kernels_are_the_official_motion_psfs():
+    from daclip_jax.data.degradations._official_assets import motion_psfs
+    psfs = motion_psfs()
+    assert len(psfs) == 100
+    for p in psfs:
+        assert p.dtype == np.float32 and p.shape[0] == p.shape[1] and p.shape[0] % 2 == 1
+        assert 5 <= p.shape[0] <= 29 and p.min() >= 0
+        assert abs(float(p.sum(dtype=np.float64)) - 1) < 1e-5
+    g = np.random.default_rng(0)
+    drawn = []
+    while len(drawn) < 5:
+        kern, kind = wild.mixed_kernel(g, 7, (0.2, 2.2))
+        if kind == "psf":
+            drawn.append(kern)
+    for kern in drawn:                       # its own size, not the drawn 7, and still sums to 1
+        assert any(np.array_equal(kern, p) for p in psfs)
+        assert abs(float(kern.sum(dtype=np.float64)) - 1) < 1e-5
+    assert len({kern.tobytes() for kern in drawn}) > 1
+    x = photo()
+    y = wild.filter2d(x, drawn[0])
+    assert y.shape == x.shape and abs(y.mean() - x.mean()) < 0.01
 
 
 def test_wiener_deblur_inverts_blur():
@@ -135,5 +171,5 @@ def test_cv2_resize_semantics():
             y = wild.cv2_resize(x, size, mode)
             assert y.shape == size + (3,)
             assert abs(y.mean() - x.mean()) < 0.01
-            m = wild.resize_matrix(x.shape[0], size[0], mode if mode != "area" or size[0] <= 128 else "area_up")
+            m = resize_matrix(x.shape[0], size[0], mode if mode != "area" or size[0] <= 128 else "area_up")
             np.testing.assert_allclose(np.asarray(m.sum(1)).ravel(), 1, atol=1e-5)

@@ -12,9 +12,11 @@ _VERBS = (
     "daclip_jax.cli.classify",   # classify
     "daclip_jax.cli.convert",    # import, export
     "daclip_jax.cli.restore",    # restore
+    "daclip_jax.cli.evaluate",   # evaluate
     "daclip_jax.cli.train",      # train, sweep, eval
     "daclip_jax.cli.data",       # data pack / preview
     "daclip_jax.cli.demo",       # demo
+    "daclip_jax.cli.serve",      # serve (the web app)
 )
 
 

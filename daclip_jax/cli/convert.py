@@ -125,8 +125,9 @@ def run_export(args) -> int:
     try:
         if args.format == "unet-pth":
             from daclip_jax.convert.unet import export_unet_pth, load_unet
+            from daclip_jax.sde import settings_for_weights
 
-            export_unet_pth(load_unet(args.checkpoint), args.to)
+            export_unet_pth(load_unet(args.checkpoint), args.to, settings_for_weights(args.checkpoint))
         elif args.format == "daclip-pt":
             from daclip_jax.convert.daclip import export_daclip_pt, load_daclip
 

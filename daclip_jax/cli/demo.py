@@ -6,7 +6,7 @@ evaluate on held-out photos, write a report with pictures and export PyTorch wei
     daclip-jax demo --workdir runs/demo --config configs/demo.py --config.restoration.steps=2000
     daclip-jax demo --workdir runs/demo --config.clip.init=open_clip_ViT-B-32.bin  # pretrained CLIP
 
-The default config is embedded in the package (daclip_jax/demo.py); `--config FILE[:ARG]`
+The default config is embedded in the package (daclip_jax/demo/config.py); `--config FILE[:ARG]`
 loads another one (configs/demo.py is the same default as a file), `--config :smoke` the
 embedded one with an arg. `--config.a.b=v` overrides any field. Re-running the same command
 resumes an interrupted run.

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--steps", type=int, default=100,
-                   help="reverse steps (<= T = 100; fewer use the official sample_T scaling)")
+                   help="reverse steps (<= T = 100; fewer use the official sample_T scaling); "
+                        "1 = one network call, for x0-parameterised nets (the fast CPU path)")
     p.add_argument("--sampler", choices=("posterior", "sde", "ode"), default="posterior")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip the posterior sampler's x0 estimates to [0, 1] (not in the official "
@@ -67,23 +68,21 @@ def run(args) -> int:
     import numpy as np
 
     from daclip_jax.classify import classify_degradation
-    from daclip_jax.convert.daclip import load_daclip
-    from daclip_jax.convert.unet import load_unet
     from daclip_jax.imageio import read_image, write_png
     from daclip_jax.labels import DEGRADATIONS
     from daclip_jax.preprocess import clip_view
-    from daclip_jax.restore import daclip_contexts, restore_image
-    from daclip_jax.sde import sde_for_weights
+    from daclip_jax.restore import daclip_contexts, load_models, restore_image
+    from daclip_jax.sampling import check_steps
 
-    try:
-        daclip = load_daclip(args.daclip)
-        unet = load_unet(args.unet)
+    try:   # the SDE: sde.json next to the UNet weights, else the released nets'
+        daclip, unet, sde = load_models(args.daclip, args.unet)
     except (OSError, ValueError, ImportError) as e:
         print(f"error: cannot load the models: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    sde = sde_for_weights(args.unet)   # sde.json next to the weights, else the released nets'
-    if not 1 <= args.steps <= sde.T:
-        print(f"error: --steps must be in [1, {sde.T}]", file=sys.stderr)
+    try:   # the net's parameterization came with it (model dir config / sde.json beside a .pth)
+        check_steps(args.steps, unet.cfg.parameterization, sde.T)
+    except ValueError as e:
+        print(f"error: --steps {args.steps}: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     failed, used = 0, set()

@@ -10,6 +10,7 @@ LayerNorm gain `g` (C,) -> (1, C, 1, 1).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -128,16 +129,44 @@ def unet_from_state_dict(sd, cfg: UNetConfig | None = None, *, source="state dic
 
 
 def import_unet(path, **config_overrides) -> ConditionalUNet:
-    """Read an official `.pth` (bare state dict, or under `state_dict`)."""
+    """Read an official `.pth` (bare state dict, or under `state_dict`).
+
+    The official layout has no field for what the output means: an `sde.json` beside the file
+    (written by our exports) gives the parameterization, else it is the official "noise"."""
+    from daclip_jax.sde import settings_for_weights
+
     sd = torch_io.load_state_dict(path)
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+    saved = settings_for_weights(path) or {}
+    config_overrides = {"parameterization": saved.get("parameterization", "noise"), **config_overrides}
     cfg = config_from_state_dict(sd, **config_overrides)
     return unet_from_state_dict(sd, cfg, source=os.fspath(path))
 
 
-def export_unet_pth(unet: ConditionalUNet, path) -> None:
-    """Write the official layout (bare OrderedDict), loadable with strict=True by the reference."""
+X0_EXPORT_WARNING = ("this UNet is x0-parameterised: the .pth has the official keys and loads into "
+                     "the official ConditionalUNet, but the official sampler reads its output as "
+                     "noise and would restore wrongly; daclip-jax reads it right from the "
+                     "sde.json written beside it")
+
+
+def export_unet_pth(unet: ConditionalUNet, path, settings: dict | None = None) -> None:
+    """Write the official layout (bare OrderedDict), loadable with strict=True by the reference.
+
+    An "x0" net gets the same keys; the official sampler would misread it (X0_EXPORT_WARNING),
+    so its parameterization goes into an sde.json beside the file, which `load_unet` reads
+    (with `settings`, the SDE settings the net was trained with, when given)."""
+    import warnings
+
+    from daclip_jax.sde import SDE_FILE, settings_for_weights
+
     torch_io.save_state_dict(state_dict_from_unet(unet), path)
+    if unet.cfg.parameterization != "noise":
+        warnings.warn(X0_EXPORT_WARNING, stacklevel=2)
+        folder = os.path.dirname(os.path.abspath(path))
+        saved = dict(settings or settings_for_weights(path) or {},
+                     parameterization=unet.cfg.parameterization)
+        with open(os.path.join(folder, SDE_FILE), "w") as f:
+            json.dump(saved, f, indent=1)
 
 
 def save_unet(unet: ConditionalUNet, directory) -> None:

@@ -16,7 +16,7 @@ Order of operations and why:
   do not depend on worker count, thread scheduling or restarts. No global RNG state is touched.
 - Crop first, degrade the patch: synthesis cost scales with pixels, and a patch-sized degradation
   is what the model sees. Sources hand out compact records (uint8 for 8-bit data, see
-  sources.py); the crop and flips work on those and only the patch is converted to float, and
+  data/sources/); the crop and flips work on those and only the patch is converted to float, and
   decoded images are kept in a per-process LRU (`source.cache_mb`) so a photo that fits in it
   is decoded once, not once per patch. Images smaller than the patch are *upscaled* (PIL bicubic, short side
   to the patch size) rather than reflect-padded: mirrored borders would give the degradations
@@ -95,6 +95,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.degradation.weights = ()      # per-type weights (same order as kinds); () = uniform
     c.degradation.num_kinds_probs = DEFAULT_NUM_KINDS_PROBS  # P(k=1,2,3) in mixture mode
     c.degradation.use_real_lq = True  # records with a real LQ (paired/csv/packed) use it as is
+    # uncompleted: the official 100 masks | procedural strokes (for patches much larger than 256 px)
+    c.degradation.mask_source = "official"
 
     # Captions (see captions.make_captioner).
     c.caption = ml_collections.ConfigDict()
@@ -275,6 +277,10 @@ class MakeExample:
             raise ValueError("degradation.weights must have one weight per entry of degradation.kinds")
         if deg["mode"] not in ("mixture", "single", "wild"):
             raise ValueError(f"degradation.mode must be mixture|single|wild, got {deg['mode']!r}")
+        mask_source = deg.get("mask_source", "official")
+        if mask_source not in ("official", "procedural"):
+            raise ValueError(f"degradation.mask_source must be official|procedural, got {mask_source!r}")
+        self.degrade_options = {"uncompleted": {"mask_source": mask_source}}
         if self.cfg.get("tune_malloc", True):
             tune_malloc()
 
@@ -323,7 +329,7 @@ class MakeExample:
         from daclip_jax.data import degradations as D
 
         kinds = self._sample_kinds(rng)
-        lq, _meta = D.degrade(gt, kinds, rng)
+        lq, _meta = D.degrade(gt, kinds, rng, options=self.degrade_options)
         return lq, D.label_text(kinds), list(kinds)
 
     def __call__(self, item) -> dict:

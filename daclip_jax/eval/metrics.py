@@ -1,5 +1,5 @@
 """Metrics: zero-shot degradation accuracy + confusion matrix, retrieval recall@K, and
-PSNR/SSIM (scikit-image, on host).
+PSNR/SSIM with the official test protocol's definitions (`image_quality`, re-exported here).
 
 All functions take numpy arrays (fetched from devices by the caller) and return plain
 Python numbers / numpy arrays, so they are easy to test and to log.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daclip_jax.eval.image_quality import image_scores, psnr, ssim  # noqa: F401  (re-exported)
 from daclip_jax.labels import DEGRADATIONS
 
 
@@ -47,23 +48,6 @@ def recall_at_k(image_features: np.ndarray, text_features: np.ndarray, k: int = 
         return float(np.mean((s > true).sum(axis=1) < k))
 
     return {f"image_to_text_R@{k}": recall(sim), f"text_to_image_R@{k}": recall(sim.T)}
-
-
-def psnr(reference: np.ndarray, image: np.ndarray) -> float:
-    """PSNR in dB for float images in [0, 1] (skimage.metrics, data_range 1)."""
-    from skimage.metrics import peak_signal_noise_ratio
-    return float(peak_signal_noise_ratio(np.clip(reference, 0, 1).astype(np.float64),
-                                         np.clip(image, 0, 1).astype(np.float64), data_range=1.0))
-
-
-def ssim(reference: np.ndarray, image: np.ndarray) -> float:
-    """SSIM over RGB (channel_axis=-1), float images in [0, 1], skimage's default 7x7 window."""
-    from skimage.metrics import structural_similarity
-    ref = np.clip(reference, 0, 1).astype(np.float64)
-    img = np.clip(image, 0, 1).astype(np.float64)
-    m = min(ref.shape[:2])
-    win = 7 if m >= 7 else (m if m % 2 else m - 1)
-    return float(structural_similarity(ref, img, data_range=1.0, channel_axis=-1, win_size=win))
 
 
 class PerTypeMean:

@@ -1,6 +1,8 @@
 """IR-SDE ConditionalUNet (official `DenoisingUNet_arch.py`), the DA-CLIP restoration network.
 
-The network predicts the noise of the mean-reverting SDE state `xt` given the LQ image `cond`,
+The network predicts the noise of the mean-reverting SDE state `xt` given the LQ image `cond`
+(`parameterization="noise"`, the official net; or, with `"x0"`, the residual x0_hat - cond of
+the clean image, its last conv zero-initialised so an untrained net returns the LQ: see sde.py),
 the time step, the DA-CLIP degradation embedding (`text_context`: it modulates the time
 embedding through a learned prompt) and the DA-CLIP content embedding (`image_context`: a
 single cross-attention token at the deepest level and the middle block).
@@ -28,6 +30,7 @@ from daclip_jax.models.unet_blocks import (
     LinearAttention, PreNorm, ResBlock, Residual, SpatialTransformer, Upsample, conv, downsample,
     gelu, linear, sinusoidal_embedding)
 
+PARAMETERIZATIONS = ("noise", "x0")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -43,6 +46,9 @@ class UNetConfig:
     scale: float = 1.0              # 0.5: extra 4x4/2 down + up around the U (the wild-IR net)
     dtype: str = "float32"          # compute dtype; parameters are always float32
     remat: bool = False             # rematerialise each block in the backward pass
+    # what the output means (sde.py): "noise" (official) | "x0" (the residual x0_hat - cond; the
+    # last conv starts at zero, so an untrained net restores nothing and harms nothing)
+    parameterization: str = "noise"
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -52,6 +58,9 @@ class UNetConfig:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.scale not in (1, 1.0, 0.5):
             raise ValueError(f"scale must be 1 or 0.5 (as the official net), got {self.scale}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
+                             f"got {self.parameterization!r}")
         if self.nf % 8:
             raise ValueError("nf must be a multiple of 8 (GroupNorm(32) at the deepest level)")
 
@@ -152,6 +161,9 @@ class ConditionalUNet(nnx.Module):
         self.mid_block2 = ResBlock(mid, mid, time_dim, **kw)
         self.final_res_block = ResBlock(2 * nf, nf, time_dim, **kw)
         self.final_conv = conv(nf, cfg.out_nc, 3, **kw)
+        if cfg.parameterization == "x0":   # residual starts at 0: the untrained net returns cond
+            for p in (self.final_conv.kernel, self.final_conv.bias):
+                p[...] = jnp.zeros_like(p[...])
 
     # -- pieces exposed for tests / debugging ---------------------------------------------
     def pad_input(self, xt, cond):
@@ -178,7 +190,8 @@ class ConditionalUNet(nnx.Module):
 
     @jit_when_eager("return_debug")
     def __call__(self, xt, cond, t, text_context=None, image_context=None, *, return_debug=False):
-        """xt, cond: (B, H, W, in_nc). t: (B,) or scalar time. Returns the noise (B, H, W, out_nc)."""
+        """xt, cond: (B, H, W, in_nc). t: (B,) or scalar time. Returns (B, H, W, out_nc): the
+        noise, or for "x0" nets the residual x0_hat - cond (IRSDE.x0_from_output reads both)."""
         cfg = self.cfg
         dt = cfg.jnp_dtype
         H, W = xt.shape[1:3]
@@ -263,7 +276,8 @@ def init_unet(cfg: UNetConfig | str, seed: int = 0) -> ConditionalUNet:
     """A freshly initialised net, fast (numpy; no per-shape XLA compile), torch-default init.
 
     Conv/Linear weights AND biases ~ U(+-1/sqrt(fan_in)) (torch's defaults), norms 1/0,
-    SpatialTransformer proj_out zero (zero_module), prompt ~ U[0, 1) (torch.rand).
+    SpatialTransformer proj_out zero (zero_module), prompt ~ U[0, 1) (torch.rand); the final
+    conv zero for "x0" nets.
     """
     if isinstance(cfg, str):
         cfg = UNetConfig.named(cfg)
@@ -275,7 +289,7 @@ def init_unet(cfg: UNetConfig | str, seed: int = 0) -> ConditionalUNet:
         kernel = shapes.get(parent + ("kernel",))
         if name == "prompt":
             v = rng.uniform(0, 1, sds.shape)
-        elif "proj_out" in parent:
+        elif "proj_out" in parent or (parent == ("final_conv",) and cfg.parameterization == "x0"):
             v = np.zeros(sds.shape)
         elif name == "kernel" or (name == "bias" and kernel is not None):
             bound = 1 / math.sqrt(math.prod(kernel.shape[:-1]))

@@ -65,7 +65,8 @@ class Task(abc.ABC):
     def export(self, model: nnx.Module, path: str) -> None:
         """Write the trained model as a daclip-jax model dir (called on every process)."""
 
-    # data: the grain pipeline of helper D unless a test or caller supplies its own
+    # data: the grain pipeline of daclip_jax.data.pipeline.build_pipeline, unless a test or caller
+    # overrides dataset()
     def dataset(self, split: str, *, seed: int, process_index: int, process_count: int):
         from daclip_jax.data.pipeline import build_pipeline
         return build_pipeline(self.config.data, split=split, seed=seed,

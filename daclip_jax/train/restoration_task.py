@@ -4,6 +4,12 @@ embeddings, the ConditionalUNet predicts the noise of a random state x_t of the
 mean-reverting SDE (mu = LQ), and the loss is the official maximum-likelihood L1
 between the predicted and the optimal x_{t-1}.
 
+`model.parameterization = "x0"` trains the net to output the clean image's residual instead
+(see sde.py: it starts from "change nothing" and converges in far fewer steps), with the loss
+`train.x0_weighting`: "ml" (the same maximum-likelihood loss, x0_hat in place of x0) or
+"uniform" (plain L1 on x0_hat); `train.t_max_prob` draws that fraction of the training
+states at t = T, where the one-step mode evaluates (0: t uniform, the official draw).
+
 Validation samples with the compiled sampler at fewer steps (``eval.sample_steps``,
 the official ``sample_T`` mechanism) and reports PSNR / SSIM per degradation type
 (scikit-image on host) plus an LQ | output | GT grid. LPIPS is not computed: it needs
@@ -71,6 +77,7 @@ class RestorationTask(Task):
         mc = self.config.model
         ucfg = UNetConfig.named(mc.unet, dtype=mc.get("dtype", "float32"),
                                 remat=bool(mc.get("remat", False)),
+                                parameterization=mc.get("parameterization", "noise"),
                                 **dict(mc.get("unet_overrides") or {}))
         if mc.get("init"):
             from daclip_jax.convert.unet import load_unet
@@ -95,11 +102,23 @@ class RestorationTask(Task):
     def loss(self, model, batch, rng):
         lq, gt = batch["lq"], batch["gt"]
         image_context, degra_context = model.contexts(batch["lq_clip"])
-        t, xt = self.sde.generate_random_states(gt, lq, rng)
+        t = None
+        p_T = float(self.config.train.get("t_max_prob", 0.0))
+        if p_T > 0:   # more samples at t = T, where the one-step mode of x0 nets evaluates
+            k_t, k_T, rng = jax.random.split(rng, 3)
+            t = jax.random.randint(k_t, (gt.shape[0],), 1, self.sde.T + 1, dtype=jnp.int32)
+            t = jnp.where(jax.random.uniform(k_T, t.shape) < p_T, self.sde.T, t)
+        t, xt = self.sde.generate_random_states(gt, lq, rng, t=t)
         xt = parallel.constrain_batch(xt)
-        noise = model.unet(xt, lq, t.astype(jnp.float32), text_context=degra_context,
-                           image_context=image_context)
-        loss = self.sde.loss(noise, xt, gt, lq, t, loss_type=self.config.train.get("loss_type", "l1"))
+        out = model.unet(xt, lq, t.astype(jnp.float32), text_context=degra_context,
+                         image_context=image_context)
+        tc = self.config.train
+        loss_type = tc.get("loss_type", "l1")
+        if model.unet.cfg.parameterization == "x0":
+            loss = self.sde.x0_loss(lq + out, xt, gt, lq, t, loss_type=loss_type,
+                                    weighting=tc.get("x0_weighting", "ml"))
+        else:
+            loss = self.sde.loss(out, xt, gt, lq, t, loss_type=loss_type)
         return loss, {}
 
     def evaluate(self, model, batches, mesh):
@@ -118,8 +137,8 @@ class RestorationTask(Task):
             out, gt, lq, kinds = parallel.fetch((out, b["gt"], b["lq"], b["degradation_index"]))
             out = np.clip(out, 0, 1)
             for o, g, k in zip(out, gt, kinds):
-                means.add("psnr", M.psnr(g, o), int(k))
-                means.add("ssim", M.ssim(g, o), int(k))
+                for name, value in M.image_scores(g, o).items():   # the official test metrics
+                    means.add(name, value, int(k))
             if grid is None:
                 n = min(4, len(out))
                 rows = [np.concatenate([lq[j], out[j], gt[j]], axis=1) for j in range(n)]
@@ -131,4 +150,4 @@ class RestorationTask(Task):
         from daclip_jax.sde import save_sde_settings
         save_unet(model.unet, path)
         if jax.process_index() == 0:   # `restore` reads it: the SDE these weights expect
-            save_sde_settings(self.sde, path)
+            save_sde_settings(self.sde, path, model.unet.cfg.parameterization)

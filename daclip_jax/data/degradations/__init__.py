@@ -98,19 +98,24 @@ def sample_kinds(rng):
             return ordered(kinds)
 
 
-def degrade(image, kinds, rng, severity=None):
+def degrade(image, kinds, rng, severity=None, options=None):
     """Degrade a clean float32 HxWx3 RGB image in [0, 1].
 
     kinds: one label word or a list (applied in APPLY_ORDER whatever order is given).
     rng: numpy.random.Generator, the only source of randomness.
     severity: in [0, 1], used as given; None samples U(0, 1), times 0.7 for mixtures.
+    options: {kind: keyword arguments of its type function}, e.g.
+      {"uncompleted": {"mask_source": "procedural"}}; kinds not being applied are ignored.
     Returns (degraded float32 in k/255, meta) with meta = {"kinds", "severity", "label",
     "params": {kind: scalar params}, "maps": {kind: arrays}} and, for "uncompleted",
-    "mask" (HxW float32, 1 = hole).
+    "mask" (HxW float32 hole weight, 1 = hole; fractional on hole borders when an official
+    mask is resized) and params["uncompleted"]["mask_source"] ("official" | "procedural").
     """
     kinds = ordered(kinds)
     if not kinds:
         raise ValueError("degrade needs at least one degradation kind")
+    options = dict(options or {})
+    ordered(list(options))                      # raises on unknown words
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
@@ -122,7 +127,7 @@ def degrade(image, kinds, rng, severity=None):
     x = np.clip(image, 0.0, 1.0)
     params, maps = {}, {}
     for kind in kinds:
-        x, p = FUNCTIONS[kind](x, rng, severity)
+        x, p = FUNCTIONS[kind](x, rng, severity, **options.get(kind, {}))
         maps[kind] = p.pop("maps", {})
         params[kind] = p
     meta = {"kinds": kinds, "severity": severity, "label": label_text(kinds),

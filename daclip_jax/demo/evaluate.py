@@ -7,9 +7,11 @@ seen in training, and the photos never were). On it:
 - degradation classification: the DA-CLIP zero-shot rule of `classify` (softmax(100·cos)
   of the controller's degradation embedding against the ten words) -> accuracy per type
   and a confusion matrix;
-- restoration: the compiled IR-SDE sampler (`eval.sample_steps` posterior steps) on the
-  degraded patches of the first `eval.restore_crops_per_photo` positions, conditioned on the frozen DA-CLIP -> PSNR/SSIM of the degraded input and
-  of the restored output against the clean patch, per type.
+- restoration: the compiled IR-SDE sampler at each step count of `eval.sample_steps` (the
+  first is the report's restorer: its numbers are the summary's top-level fields and the
+  picture; 1 = the x0 net's one-step mode) on the degraded patches of the first
+  `eval.restore_crops_per_photo` positions, conditioned on the frozen DA-CLIP -> PSNR/SSIM of
+  the degraded input and of the restored output against the clean patch, per type.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def classify_heldout(daclip, data: dict, batch_size: int) -> tuple[np.ndarray, n
     return np.concatenate(preds[True]), np.concatenate(preds[False])
 
 
-def restore_heldout(daclip, unet, sde, data: dict, cfg) -> np.ndarray:
-    """IR-SDE restoration of every held-out sample with the compiled sampler."""
+def restore_heldout(daclip, unet, sde, data: dict, cfg, steps: int) -> np.ndarray:
+    """IR-SDE restoration of every held-out sample with the compiled sampler in `steps` steps."""
     import jax
     import jax.numpy as jnp
     from tqdm import tqdm
@@ -91,13 +93,13 @@ def restore_heldout(daclip, unet, sde, data: dict, cfg) -> np.ndarray:
     key = jax.random.key(int(cfg.seed))
     out = []
     for i, s in enumerate(tqdm(_batches(len(data["lq"]), int(cfg.eval.batch_size)),
-                               desc=f"restore held-out ({cfg.eval.sample_steps} steps)", unit="batch")):
+                               desc=f"restore held-out ({steps} steps)", unit="batch")):
         n = s.stop - s.start
         lq = _padded(data["lq"][s], int(cfg.eval.batch_size))
         views = jnp.asarray(np.stack([clip_view(x, size=size) for x in lq]))
         image_context, degra_context = contexts(daclip, views)
         restored = sample(unet, sde, jnp.asarray(lq), degra_context, image_context,
-                          jax.random.fold_in(key, i), steps=int(cfg.eval.sample_steps),
+                          jax.random.fold_in(key, i), steps=int(steps),
                           sampler=cfg.eval.sampler, clip_x0=bool(cfg.eval.clip_x0))
         out.append(np.clip(np.asarray(restored, np.float32)[:n], 0, 1))
     return np.concatenate(out)
@@ -108,35 +110,47 @@ def subset(data: dict, keep: np.ndarray) -> dict:
                 photo=[p for p, k in zip(data["photo"], keep) if k])
 
 
-def scores(data: dict, preds: np.ndarray, rdata: dict, restored: np.ndarray,
+def restoration_scores(rdata: dict, restored: np.ndarray) -> tuple[dict, dict, dict]:
+    """PSNR/SSIM of the degraded input and of `restored` against the clean patch:
+    (per type, overall, per-sample values)."""
+    from daclip_jax.eval import metrics as M
+
+    values = {m: np.zeros(len(rdata["kind"])) for m in ("psnr_in", "psnr_out", "ssim_in", "ssim_out")}
+    for i, (lq, gt, out) in enumerate(zip(rdata["lq"], rdata["gt"], restored)):
+        values["psnr_in"][i], values["psnr_out"][i] = M.psnr(gt, lq), M.psnr(gt, out)
+        values["ssim_in"][i], values["ssim_out"][i] = M.ssim(gt, lq), M.ssim(gt, out)
+    per = {}
+    for k, name in enumerate(DEGRADATIONS):
+        sel = rdata["kind"] == k
+        per[name] = {m: float(v[sel].mean()) for m, v in values.items()}
+        per[name]["psnr_gain"] = per[name]["psnr_out"] - per[name]["psnr_in"]
+    overall = {m: float(v.mean()) for m, v in values.items()}
+    overall["psnr_gain"] = overall["psnr_out"] - overall["psnr_in"]
+    return per, overall, values
+
+
+def scores(data: dict, preds: np.ndarray, rdata: dict, restored: dict,
            clip_preds: np.ndarray | None = None) -> dict:
     """Classification on `data` (DA-CLIP; `clip_preds`: the frozen CLIP alone), restoration
-    metrics on `rdata` (a subset restored)."""
+    metrics on `rdata` (a subset restored) for each `{steps: restored}`: the first is the
+    report's restorer (top-level fields); every one is also under `by_steps`."""
     from daclip_jax.eval import metrics as M
 
     cm = M.confusion_matrix(data["kind"], preds, len(DEGRADATIONS))
     acc = M.zero_shot_accuracy(cm)
     clip_acc = ({} if clip_preds is None else
                 M.zero_shot_accuracy(M.confusion_matrix(data["kind"], clip_preds, len(DEGRADATIONS))))
-    per = {name: dict(accuracy=acc.get(f"accuracy/{name}", float("nan")),
-                      clip_accuracy=clip_acc.get(f"accuracy/{name}", float("nan")))
-           for name in DEGRADATIONS}
-    values = {m: np.zeros(len(rdata["kind"])) for m in ("psnr_in", "psnr_out", "ssim_in", "ssim_out")}
-    for i, (lq, gt, out) in enumerate(zip(rdata["lq"], rdata["gt"], restored)):
-        values["psnr_in"][i], values["psnr_out"][i] = M.psnr(gt, lq), M.psnr(gt, out)
-        values["ssim_in"][i], values["ssim_out"][i] = M.ssim(gt, lq), M.ssim(gt, out)
-    for k, name in enumerate(DEGRADATIONS):
-        sel = rdata["kind"] == k
-        for m, v in values.items():
-            per[name][m] = float(v[sel].mean())
-        per[name]["psnr_gain"] = per[name]["psnr_out"] - per[name]["psnr_in"]
-    overall = {m: float(v.mean()) for m, v in values.items()}
-    overall["psnr_gain"] = overall["psnr_out"] - overall["psnr_in"]
+    by_steps = {str(k): restoration_scores(rdata, out) for k, out in restored.items()}
+    per, overall, values = next(iter(by_steps.values()))
+    for name in DEGRADATIONS:
+        per[name].update(accuracy=acc.get(f"accuracy/{name}", float("nan")),
+                         clip_accuracy=clip_acc.get(f"accuracy/{name}", float("nan")))
     overall["accuracy"] = acc.get("accuracy", float("nan"))
     overall["clip_accuracy"] = clip_acc.get("accuracy", float("nan"))
     return dict(per_type=per, overall=overall, confusion=cm.tolist(),
                 samples=int(len(data["kind"])), restored_samples=int(len(rdata["kind"])),
-                values={m: v.tolist() for m, v in values.items()})
+                values={m: v.tolist() for m, v in values.items()},
+                by_steps={k: dict(per_type=p, overall=o) for k, (p, o, _) in by_steps.items()})
 
 
 # ----------------------------------------------------------------------------- export
@@ -153,11 +167,12 @@ def export_torch(daclip, unet, export_dir: str, sde=None) -> dict:
                unet=os.path.join(export_dir, "unet.pth"),
                hf_clip=os.path.join(export_dir, "hf_clip"))
     export_daclip_pt(daclip, out["daclip"])
-    export_unet_pth(unet, out["unet"])
+    settings = None if sde is None else dict(sde.to_dict(), parameterization=unet.cfg.parameterization)
+    export_unet_pth(unet, out["unet"], settings)
     export_hf_clip(daclip.clip, out["hf_clip"])
     if sde is not None:
         from daclip_jax.sde import save_sde_settings
-        out["sde"] = save_sde_settings(sde, export_dir)
+        out["sde"] = save_sde_settings(sde, export_dir, unet.cfg.parameterization)
     return out
 
 
@@ -204,8 +219,9 @@ def before_after_grid(data: dict, restored: np.ndarray, photos, path: str, cell:
     return path
 
 
-def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, restored: np.ndarray) -> str:
-    from daclip_jax import report as R
+def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, restored: np.ndarray,
+                 unet_note: str = "") -> str:
+    from daclip_jax.demo import report as R
 
     rdir = os.path.join(workdir, "report")
     os.makedirs(rdir, exist_ok=True)
@@ -216,9 +232,18 @@ def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, rest
     acc_rows = [(n, int(np.sum(data["kind"] == k)), per[n]["clip_accuracy"], per[n]["accuracy"])
                 for k, n in enumerate(DEGRADATIONS)]
     acc_rows.append(("**all**", summary["samples"], ov["clip_accuracy"], ov["accuracy"]))
-    img_rows = [(n, per[n]["psnr_in"], per[n]["psnr_out"], per[n]["psnr_gain"], per[n]["ssim_in"],
-                 per[n]["ssim_out"]) for n in DEGRADATIONS]
-    img_rows.append(("**all**", ov["psnr_in"], ov["psnr_out"], ov["psnr_gain"], ov["ssim_in"], ov["ssim_out"]))
+    runs = summary["by_steps"]          # {steps: scores}, the report's restorer first
+
+    def img_row(label, pick):
+        row = [label, pick(next(iter(runs.values())))["psnr_in"]]
+        row += [pick(r)[m] for r in runs.values() for m in ("psnr_out", "psnr_gain")]
+        row += [pick(next(iter(runs.values())))["ssim_in"]] + [pick(r)["ssim_out"] for r in runs.values()]
+        return row
+
+    img_rows = [img_row(n, lambda r, n=n: r["per_type"][n]) for n in DEGRADATIONS]
+    img_rows.append(img_row("**all**", lambda r: r["overall"]))
+    img_header = (["type", "PSNR in"] + [h for k in runs for h in (f"PSNR out ({k} step{'s' * (k != '1')})", "gain (dB)")]
+                  + ["SSIM in"] + [f"SSIM out ({k})" for k in runs])
     times = summary.get("stage_seconds", {})
     setup = (f"Held-out photos (never trained on): {', '.join(summary['heldout'])}; "
              f"{cfg.eval.crops_per_photo} patch(es) of {cfg.data.patch_size} px per photo, each "
@@ -235,9 +260,10 @@ def write_report(cfg, workdir: str, summary: dict, data: dict, rdata: dict, rest
          "embedding against the same ten words (what the controller adds).\n\n"
          + R.markdown_table(["type", "samples", "CLIP alone", "DA-CLIP"], acc_rows)
          + "\n\n![confusion (DA-CLIP)](confusion.png)"),
-        ("Restoration (IR-SDE, " + f"{cfg.eval.sample_steps} {cfg.eval.sampler} steps"
+        ("Restoration (IR-SDE, " + " and ".join(f"{k} {cfg.eval.sampler} step{'s' * (k != '1')}" for k in runs)
          + (", x0 estimates clipped to [0, 1]" if cfg.eval.get("clip_x0") else "") + ", held-out)",
-         R.markdown_table(["type", "PSNR in", "PSNR out", "gain (dB)", "SSIM in", "SSIM out"], img_rows)),
+         f"The UNet is {unet_note}. The picture shows the first column's restorer.\n\n"
+         + R.markdown_table(img_header, img_rows)),
         ("Before / after (degraded | restored | clean)", "![before/after](before_after.png)"),
         ("Exported weights", "\n".join(f"- `{k}`: `{os.path.relpath(v, rdir)}`"
                                        for k, v in summary.get("exports", {}).items()) or "none"),
@@ -260,20 +286,31 @@ def evaluate_and_report(cfg, workdir: str, paths: dict, times: dict) -> dict:
     # restoration (the expensive part) on the first `restore_crops_per_photo` patches of each photo
     keep = np.asarray([j < int(cfg.eval.restore_crops_per_photo) for _, j in data["photo"]])
     rdata = subset(data, keep)
-    restored = restore_heldout(daclip, unet, sde, rdata, cfg)
+    restored = {int(k): restore_heldout(daclip, unet, sde, rdata, cfg, int(k))
+                for k in _as_tuple(cfg.eval.sample_steps)}
     summary = scores(data, preds, rdata, restored, clip_preds)
     summary.update(heldout=list(paths["heldout_names"]), train=list(paths["train_names"]),
                    stage_seconds={k: _stage_seconds(workdir, k, v) for k, v in times.items()})
     if cfg.export:
         print("== export to PyTorch", flush=True)
         summary["exports"] = export_torch(daclip, unet, os.path.join(workdir, "export"), sde)
-    path = write_report(cfg, workdir, summary, data, rdata, restored)
+    p = unet.cfg.parameterization
+    note = (f"{p}-parameterised (nf {unet.cfg.nf}, ch_mult {list(unet.cfg.ch_mult)}; "
+            + ("it outputs the residual x0_hat - LQ, see sde.py" if p == "x0" else "the official noise predictor")
+            + f"), trained {cfg.restoration.steps} steps")
+    summary["unet"] = dict(parameterization=p, nf=unet.cfg.nf, ch_mult=list(unet.cfg.ch_mult),
+                           steps=int(cfg.restoration.steps))
+    path = write_report(cfg, workdir, summary, data, rdata, next(iter(restored.values())), note)
     ov = summary["overall"]
     print(f"held-out: accuracy {ov['accuracy']:.3f} (CLIP alone {ov['clip_accuracy']:.3f}), "
           f"PSNR {ov['psnr_in']:.2f} -> {ov['psnr_out']:.2f} dB ({ov['psnr_gain']:+.2f}), "
           f"SSIM {ov['ssim_in']:.3f} -> {ov['ssim_out']:.3f}; report {path}",
           flush=True)
     return summary
+
+
+def _as_tuple(steps) -> tuple:
+    return tuple(steps) if isinstance(steps, (tuple, list)) else (steps,)
 
 
 def _stage_seconds(workdir: str, stage: str, measured: float) -> float:
