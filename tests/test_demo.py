@@ -133,13 +133,14 @@ def test_exported_hf_clip_loads_with_transformers(demo_run):
 
 
 def test_readme_restore_command_on_the_demo_weights(demo_run, tmp_path, capsys):
-    """The README's `restore` line for the demo's own weights (model dirs + sde.json)."""
+    """The README's `restore` line for the demo's own weights (model dirs + sde.json): the
+    one-step mode, the report's restorer."""
     from daclip_jax.cli import main
 
     photo = os.path.join(demo_run, "data", "heldout", "coffee.png")
     code = main(["restore", "--daclip", os.path.join(demo_run, "daclip", "model"),
                  "--unet", os.path.join(demo_run, "restoration", "model_ema"), photo,
-                 "--out", str(tmp_path), "--steps", "2", "--clip-x0", "--no-progress"])
+                 "--out", str(tmp_path), "--steps", "1", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and any(w in out for w in DEGRADATIONS), out
     with Image.open(tmp_path / "coffee.png") as im, Image.open(photo) as src:
