@@ -17,20 +17,14 @@ from daclip_jax.models.daclip import TRAINABLE
 TOL = 1e-5
 
 
-def golden_state_dict(z):
-    return {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-            for n in z.files if n.startswith("sd/")}
-
-
 @pytest.fixture(scope="module")
 def golden(golden_dir):
     return dict(np.load(golden_dir / "daclip_tiny.npz"))
 
 
 @pytest.fixture(scope="module")
-def model(golden_dir):
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    return daclip_from_state_dict(golden_state_dict(z), CLIPConfig.named("daclip_tiny"))
+def model(golden_state_dict):
+    return daclip_from_state_dict(golden_state_dict("daclip_tiny"), CLIPConfig.named("daclip_tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,8 @@ TINY = CLIPConfig.named("daclip_tiny")
 
 
 @pytest.fixture(scope="module")
-def golden(golden_dir):
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    return OrderedDict((n[3:], np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32))
-                       for n in z.files if n.startswith("sd/"))
+def golden(golden_state_dict):
+    return OrderedDict(golden_state_dict("daclip_tiny"))
 
 
 def test_official_pt_import_then_export_is_bit_exact(golden, tmp_path, capsys):
@@ -75,12 +73,10 @@ def test_unknown_sources_fail_with_one_line(tmp_path, capsys):
     assert "nothing" in capsys.readouterr().err
 
 
-def test_unet_pth_import_export_through_the_cli(golden_dir, tmp_path):
+def test_unet_pth_import_export_through_the_cli(golden_state_dict, tmp_path):
     """The verbs dispatch official UNet .pth files to daclip_jax.convert.unet."""
     pytest.importorskip("daclip_jax.convert.unet")
-    z = np.load(golden_dir / "unet_tiny.npz")
-    sd = OrderedDict((n[3:], np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32))
-                     for n in z.files if n.startswith("sd/"))
+    sd = OrderedDict(golden_state_dict("unet_tiny"))
     src = tmp_path / "universal-ir-tiny.pth"
     torch.save(OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items()), src)
     assert main(["import", str(src), "--to", str(tmp_path / "u")]) == 0

@@ -15,11 +15,9 @@ TINY = CLIPConfig.named("daclip_tiny")
 
 
 @pytest.fixture(scope="module")
-def golden(golden_dir):
+def golden(golden_dir, golden_state_dict):
     z = np.load(golden_dir / "daclip_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
-    return daclip_from_state_dict(sd, TINY), z
+    return daclip_from_state_dict(golden_state_dict("daclip_tiny"), TINY), z
 
 
 def with_cfg(model, **kw):

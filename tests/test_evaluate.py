@@ -28,7 +28,7 @@ CLI = [sys.executable, "-c", "import sys; from daclip_jax.cli import main; sys.e
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, golden_dir):
+def workdir(tmp_path_factory, golden_state_dict):
     from skimage import data
 
     from daclip_jax.convert.daclip import daclip_from_state_dict, save_daclip
@@ -36,9 +36,7 @@ def workdir(tmp_path_factory, golden_dir):
     from daclip_jax.models.unet import init_unet
 
     root = tmp_path_factory.mktemp("evaluate")
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
+    sd = golden_state_dict("daclip_tiny")
     save_daclip(daclip_from_state_dict(sd), root / "daclip")
     export_unet_pth(init_unet("tiny", seed=0), root / "unet.pth")
     rng = np.random.default_rng(0)

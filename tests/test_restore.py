@@ -20,12 +20,10 @@ def unet():
 
 
 @pytest.fixture(scope="module")
-def daclip(golden_dir):
+def daclip(golden_state_dict):
     from daclip_jax.convert.daclip import daclip_from_state_dict
 
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
+    sd = golden_state_dict("daclip_tiny")
     return daclip_from_state_dict(sd)
 
 

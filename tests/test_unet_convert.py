@@ -13,10 +13,8 @@ from daclip_jax.models.unet import UNetConfig, init_unet
 
 
 @pytest.fixture(scope="module")
-def golden_sd(golden_dir):
-    z = np.load(golden_dir / "unet_tiny.npz")
-    return {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-            for n in z.files if n.startswith("sd/")}
+def golden_sd(golden_state_dict):
+    return golden_state_dict("unet_tiny")
 
 
 def _tsv(golden_dir):

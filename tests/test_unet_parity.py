@@ -19,11 +19,8 @@ def nhwc(a):
 
 
 @pytest.fixture(scope="module")
-def golden(golden_dir):
-    z = np.load(golden_dir / "unet_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
-    return z, sd
+def golden(golden_dir, golden_state_dict):
+    return np.load(golden_dir / "unet_tiny.npz"), golden_state_dict("unet_tiny")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, golden_dir):
+def files(tmp_path_factory, golden_state_dict):
     from skimage import data
 
     from daclip_jax.convert.daclip import daclip_from_state_dict, save_daclip
@@ -48,9 +48,7 @@ def files(tmp_path_factory, golden_dir):
     from daclip_jax.models.unet import UNetConfig, init_unet
 
     d = tmp_path_factory.mktemp("web")
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
+    sd = golden_state_dict("daclip_tiny")
     save_daclip(daclip_from_state_dict(sd), d / "daclip")
     export_unet_pth(init_unet(UNetConfig.named("tiny", nf=8, context_dim=32), seed=1),
                     d / "universal-ir.pth")

@@ -17,13 +17,11 @@ from daclip_jax.web.handler import BadRequest, Restorer, Settings
 
 
 @pytest.fixture(scope="module")
-def models(golden_dir):
+def models(golden_state_dict):
     from daclip_jax.convert.daclip import daclip_from_state_dict
     from daclip_jax.models.unet import UNetConfig, init_unet
 
-    z = np.load(golden_dir / "daclip_tiny.npz")
-    sd = {n[3:]: np.asarray(z[n].astype(np.float32) * z["sd_scale/" + n[3:]], np.float32)
-          for n in z.files if n.startswith("sd/")}
+    sd = golden_state_dict("daclip_tiny")
     unet = init_unet(UNetConfig.named("tiny", nf=8, context_dim=32), seed=1)
     return daclip_from_state_dict(sd), unet, IRSDE()
 
