@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers) -> None:
+    from daclip_jax.cli.restore import add_model_args, add_sampling_args
+
     p = subparsers.add_parser(
         "evaluate", help="restore a paired test set and score it as the official test.py",
         description="Restore every LQ image of a paired test set (ROOT/<degradation>/{LQ,GT}/ or "
@@ -15,27 +17,13 @@ def register(subparsers) -> None:
                     "cropped), LPIPS-Alex with --lpips, and DA-CLIP's degradation accuracy "
                     "(the folder name is the label). Prints a markdown table; writes the JSON "
                     "(--out) after every batch, which --resume continues from.")
-    p.add_argument("--daclip", metavar="CKPT",
-                   help="DA-CLIP weights: official daclip_ViT-B-32.pt or a daclip-jax model dir "
-                        "(required unless --identity)")
-    p.add_argument("--unet", metavar="CKPT",
-                   help="restoration net: official universal-ir.pth or a daclip-jax model dir "
-                        "(required unless --identity)")
+    add_model_args(p, required=False, note=" (required unless --identity)")
     p.add_argument("--data", required=True, metavar="ROOT", help="paired test set root")
     p.add_argument("--out", default="results.json", metavar="JSON",
                    help="results file (default results.json; a .md table is written beside it)")
     p.add_argument("--resume", action="store_true",
                    help="continue the evaluation recorded in --out (same settings required)")
-    p.add_argument("--steps", type=int, default=100,
-                   help="reverse steps (<= T = 100; fewer use the official sample_T scaling; "
-                        "1 = one network call, for x0-parameterised nets)")
-    p.add_argument("--sampler", choices=("posterior", "sde", "ode"), default="posterior")
-    p.add_argument("--clip-x0", action="store_true",
-                   help="clip the posterior sampler's x0 estimates to [0, 1] (not official)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile size in pixels (default: whole image up to 1 Mpx, 512 above)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    add_sampling_args(p)
     p.add_argument("--lpips", metavar="ALEX_WEIGHTS",
                    help="torchvision AlexNet state dict (.pth) for LPIPS; without it LPIPS is "
                         "left out (the weights cannot be bundled)")
@@ -83,12 +71,13 @@ def run(args) -> int:
               f"{odd[0].gt}); paired by sorted order, as the official loader", file=sys.stderr)
 
     from daclip_jax.convert.daclip import load_daclip
-    from daclip_jax.convert.unet import load_unet
-    from daclip_jax.sde import sde_for_weights
+    from daclip_jax.restore import load_models
 
-    try:   # the same loaders and SDE settings as `restore`
-        daclip = load_daclip(args.daclip) if args.daclip else None
-        unet = None if args.identity else load_unet(args.unet)
+    try:   # the same loaders and SDE settings as `restore` (identity: DA-CLIP only, if given)
+        if args.identity:
+            daclip, unet, sde = (load_daclip(args.daclip) if args.daclip else None), None, None
+        else:
+            daclip, unet, sde = load_models(args.daclip, args.unet)
         lpips_model = None
         if args.lpips:
             from daclip_jax.models.lpips import load_lpips
@@ -97,7 +86,6 @@ def run(args) -> int:
         return _error(f"cannot load the models: {e}")
     from daclip_jax.sampling import check_steps, parameterization_of
 
-    sde = None if args.identity else sde_for_weights(args.unet)
     if sde is not None:
         try:   # as `restore`: the net's parameterization came with it
             check_steps(args.steps, parameterization_of(unet), sde.T)

@@ -13,12 +13,24 @@ def register(subparsers) -> None:
         description="Restore images (files or folders) with the DA-CLIP embeddings of each LQ "
                     "image and the IR-SDE reverse process, as the official test.py. Prints the "
                     "degradation DA-CLIP detects in each image; writes <name>.png to --out.")
-    p.add_argument("--daclip", required=True, metavar="CKPT",
-                   help="DA-CLIP weights: official daclip_ViT-B-32.pt or a daclip-jax model dir")
-    p.add_argument("--unet", required=True, metavar="CKPT",
-                   help="restoration net: official universal-ir.pth / wild-ir.pth or a model dir")
+    add_model_args(p)
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     p.add_argument("--out", required=True, metavar="DIR")
+    add_sampling_args(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def add_model_args(p, *, required: bool = True, note: str = "") -> None:
+    """--daclip and --unet, as every verb that restores takes them."""
+    p.add_argument("--daclip", required=required, metavar="CKPT",
+                   help="DA-CLIP weights: official daclip_ViT-B-32.pt or a daclip-jax model dir" + note)
+    p.add_argument("--unet", required=required, metavar="CKPT",
+                   help="restoration net: official universal-ir.pth / wild-ir.pth or a model dir" + note)
+
+
+def add_sampling_args(p) -> None:
+    """How an image is restored (restore_image's settings), shared by restore and evaluate."""
     p.add_argument("--steps", type=int, default=100,
                    help="reverse steps (<= T = 100; fewer use the official sample_T scaling); "
                         "1 = one network call, for x0-parameterised nets (the fast CPU path)")
@@ -30,8 +42,6 @@ def register(subparsers) -> None:
                    help="tile size in pixels (default: whole image up to 1 Mpx, 512 above)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run)
 
 
 def _image_extensions():

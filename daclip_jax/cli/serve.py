@@ -10,16 +10,15 @@ import tempfile
 
 
 def register(subparsers) -> None:
+    from daclip_jax.cli.restore import add_model_args
+
     p = subparsers.add_parser(
         "serve", help="restore images in the browser (Gradio web app; pip install 'daclip-jax[web]')",
         description="Serve a web page where an uploaded photo is classified by DA-CLIP (its ten "
                     "degradation probabilities) and restored by the IR-SDE UNet, as `daclip-jax "
                     "restore` does. The models are loaded once; one restoration runs at a time "
                     "(others wait in a queue); files live in a temporary directory removed at exit.")
-    p.add_argument("--daclip", required=True, metavar="CKPT",
-                   help="DA-CLIP weights: official daclip_ViT-B-32.pt or a daclip-jax model dir")
-    p.add_argument("--unet", required=True, metavar="CKPT",
-                   help="restoration net: official universal-ir.pth / wild-ir.pth or a model dir")
+    add_model_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes "
                         "the page to the network)")
