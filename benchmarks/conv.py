@@ -10,7 +10,8 @@ Columns are median milliseconds per call of one jitted function, variants altern
   Winograd F(2x2, 3x3) in jnp (input / filter transforms, 16 batched GEMMs, output transform);
 - 3x3 gradient (input + filter): XLA's autodiff lowering vs a custom VJP whose input gradient
   is a convolution with the flipped kernel and whose filter gradient is one GEMM over im2col
-  patches (or a convolution with batch and feature swapped);
+  patches (or a convolution with batch and feature swapped), and what models/conv.py ships on
+  CPU: XLA's input gradient with oneDNN's filter gradient (models/onednn.py);
 - 1x1: XLA's convolution vs one GEMM over the pixels (what models/conv.py does on CPU);
 - self-attention over n tokens: the query-chunk sizes of CrossAttention.
 
@@ -33,6 +34,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+
+from daclip_jax.models import conv as conv_ops  # noqa: E402
+from daclip_jax.models import onednn  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -136,10 +140,13 @@ def conv_table(repeats):
     rng = np.random.default_rng(0)
     print("\n3x3 stride 1, forward (ms) | gradient: input + filter (ms)")
     print("| shape (n,h,w,cin,cout) | xla | im2col | 9 gemms | winograd F2 | max rel err | "
-          "xla grad | vjp: flip + im2col gemm | vjp: flip + swapped conv | max rel err |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "xla grad | vjp: flip + im2col gemm | vjp: flip + swapped conv | oneDNN filter grad (shipped) | "
+          "max rel err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     fwd = dict(xla=xla_conv, im2col=im2col_conv, gemms=shifted_gemms, wino=winograd_f2)
     grads = dict(xla=xla_conv, im2col=_custom_vjp_conv(dw_im2col), swapped=_custom_vjp_conv(dw_swapped_conv))
+    if onednn.available():
+        grads["onednn"] = lambda x, k: conv_ops.conv_with_onednn_weight_grad(x, k, (1, 1), ((1, 1), (1, 1)))
     for n, h, w, ci, co in CONV_SHAPES:
         x = jnp.asarray(rng.normal(size=(n, h, w, ci)), jnp.float32)
         k = jnp.asarray(rng.normal(size=(3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
@@ -152,7 +159,7 @@ def conv_table(repeats):
         eg = max(_rel(g_jit[name](x, k, g), g_jit["xla"](x, k, g)) for name in grads)
         print(f"| {(n, h, w, ci, co)} | {tf['xla']:.1f} | {tf['im2col']:.1f} | {tf['gemms']:.1f} | "
               f"{tf['wino']:.1f} | {ef:.0e} | {tg['xla']:.1f} | {tg['im2col']:.1f} | {tg['swapped']:.1f} | "
-              f"{eg:.0e} |", flush=True)
+              f"{tg.get('onednn', float('nan')):.1f} | {eg:.0e} |", flush=True)
 
 
 def one_by_one_table(repeats):
@@ -202,7 +209,8 @@ def main():
     ap.add_argument("--only", choices=("conv", "1x1", "attention"))
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    print(f"CPU float32, {os.cpu_count()} cores, jax {jax.__version__} (shared machine: noisy)")
+    print(f"CPU float32, {os.cpu_count()} cores, jax {jax.__version__} (shared machine: noisy); "
+          f"oneDNN: {'loaded' if onednn.available() else onednn.unavailable_reason()}")
     if args.only in (None, "conv"):
         conv_table(args.repeats)
     if args.only in (None, "1x1"):

@@ -1,6 +1,9 @@
 """Parity of the UNet's CPU rewrites (models/conv.py, the attention blocks) with the plain JAX
 formulations, forward and gradient, float32, <= 1e-5 relative; and the platform switch."""
 
+import platform
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ from flax import nnx
 from jax import lax
 
 from daclip_jax.models import conv as conv_ops
+from daclip_jax.models import onednn
 from daclip_jax.models.unet_blocks import CrossAttention, LinearAttention
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -70,6 +74,59 @@ def test_other_convs_pass_through_unchanged():
     with conv_ops.force_cpu_kernels(True):
         y = conv_ops.conv_general_dilated(x, k, *args, dimension_numbers=DN)
     np.testing.assert_array_equal(y, lax.conv_general_dilated(x, k, *args, dimension_numbers=DN))
+
+
+def _require_onednn():
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        pytest.skip("the onednn-cpu-gomp wheel (a dependency there) is Linux x86-64 only")
+    assert onednn.available(), onednn.unavailable_reason()
+
+
+@pytest.mark.parametrize("shape", [
+    # n, h, w, cin, cout, kernel, stride, padding: the UNet's 3x3, its 7x7 init_conv, its 4x4
+    # stride-2 Downsample, odd sizes, and a larger image (a long reduction over pixels)
+    (2, 16, 20, 16, 24, 3, 1, 1), (1, 21, 17, 6, 64, 7, 1, 3), (2, 16, 18, 32, 32, 4, 2, 1),
+    (1, 96, 80, 16, 16, 3, 1, 1)])
+def test_onednn_weight_gradient_matches_lax_conv(shape):
+    _require_onednn()
+    n, h, w, ci, co, k, s, p = shape
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(n, h, w, ci)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(k, k, ci, co)) / np.sqrt(k * k * ci), jnp.float32)
+    args = ((s, s), ((p, p), (p, p)))
+    ref = lambda x, kern: lax.conv_general_dilated(x, kern, *args, dimension_numbers=DN)
+    ours = lambda x, kern: conv_ops.conv_general_dilated(x, kern, *args, dimension_numbers=DN)
+    with conv_ops.force_cpu_kernels(True):
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, kern: ours(x, kern).sum(), (0, 1)))(x, kern))
+        y, (gx, gk) = _grads(jax.jit(ours), x, kern)
+        _, (_, gk_again) = _grads(jax.jit(ours), x, kern)
+    assert "buffer_callback" in jaxpr
+    y_ref, (gx_ref, gk_ref) = _grads(jax.jit(ref), x, kern)
+    np.testing.assert_array_equal(y, y_ref)          # the forward is XLA's own
+    assert _rel(gx, gx_ref) <= 1e-5 and _rel(gk, gk_ref) <= 1e-5
+    np.testing.assert_array_equal(gk, gk_again)      # deterministic: resumes stay bit-identical
+
+
+def test_onednn_weight_gradient_is_off_without_cpu_kernels_or_on_several_devices(monkeypatch):
+    x, kern = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    grad = lambda: str(jax.make_jaxpr(jax.grad(lambda k: conv_ops.conv_general_dilated(
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN).sum()))(kern))
+    with conv_ops.force_cpu_kernels(False):
+        assert "buffer_callback" not in grad()
+    monkeypatch.setattr(jax, "device_count", lambda *a: 8)   # a callback is not partitioned
+    with conv_ops.force_cpu_kernels(True):
+        assert "buffer_callback" not in grad()
+
+
+def test_onednn_missing_library_is_reported_not_raised(monkeypatch):
+    monkeypatch.setattr(onednn, "_candidates", lambda: iter(["/nonexistent/libdnnl.so.3"]))
+    onednn._load.cache_clear()
+    try:
+        assert not onednn.available() and "libdnnl.so.3" in onednn.unavailable_reason()
+        with conv_ops.force_cpu_kernels(True):
+            assert not conv_ops.onednn_weight_grad_enabled()
+    finally:
+        onednn._load.cache_clear()
 
 
 def _linear_attention_reference(m, x):

@@ -9,10 +9,18 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
   as a GEMM, forward + gradient is 1.5-2x faster on the UNet's shapes (the forward alone 0.5-3x:
   benchmarks/conv.py).
 
-3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd F(2x2,3x3) in jnp and
-custom-VJP gradients (flipped-kernel conv + im2col GEMM) were all slower (benchmarks/conv.py).
-Everything else goes to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten
-(`cpu_kernels(platform)` is False there): the accelerators' own convolutions are the fast path.
+- The filter gradient of every other convolution (3x3, the 7x7 init_conv, the strided
+  Downsample) is oneDNN's (models/onednn.py, through a custom VJP): XLA computes it as a
+  convolution whose window is the whole image, 2-10x slower than its forward at the first UNet
+  levels, while oneDNN's runs about as fast as a forward. The forward and the input gradient
+  stay XLA's (as fast as oneDNN's there). Used when oneDNN loads and the computation runs on
+  one device (a callback is not partitioned across devices).
+
+3x3 forwards stay with XLA: im2col + GEMM, shifted GEMMs, Winograd F(2x2,3x3) and F(4x4,3x3) in
+jnp and jnp filter-gradient formulations (im2col GEMM, nine shifted GEMMs, split-K) were all
+slower (benchmarks/conv.py). Everything else goes to `lax.conv_general_dilated` unchanged. On
+GPU/TPU nothing is rewritten (`cpu_kernels(platform)` is False there): the accelerators' own
+convolutions are the fast path.
 
 `tune_cpu_allocator()` (called when `daclip_jax.models` is imported) keeps XLA CPU's freed
 buffers in the process heap instead of returning them to the OS and faulting them in again on
@@ -25,10 +33,15 @@ its buffers are below glibc's adaptive threshold). Peak RSS unchanged (1.73 / 1.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from daclip_jax.models import onednn
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
 _override: list[bool | None] = [None]
@@ -107,7 +120,57 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             y = lax.dot(lhs.reshape(-1, lhs.shape[-1]), rhs.reshape(rhs.shape[2:]),
                         precision=precision, preferred_element_type=preferred_element_type)
             return y.reshape(lhs.shape[:-1] + y.shape[-1:])
+        if (lhs.dtype == rhs.dtype == jnp.float32 and precision is None
+                and preferred_element_type is None and onednn_weight_grad_enabled()):
+            strides = tuple(int(s) for s in (window_strides or (1, 1)))
+            if isinstance(padding, str):
+                padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+            pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+            return conv_with_onednn_weight_grad(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision=precision, preferred_element_type=preferred_element_type,
                                     **kwargs)
+
+
+def onednn_weight_grad_enabled() -> bool:
+    """oneDNN's filter gradient is used: CPU rewrites on, oneDNN loaded, a single device."""
+    return cpu_kernels() and jax.device_count() == 1 and onednn.available()
+
+
+def _xla_conv(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def onednn_conv_weight_grad(x, dy, w_shape, strides, padding):
+    """dL/dW of `_xla_conv(x, w, strides, padding)` given dL/dy, computed by oneDNN."""
+    from jax.experimental.buffer_callback import buffer_callback
+
+    kernel = onednn.weight_grad(tuple(x.shape), tuple(w_shape), strides, padding)
+
+    def run(ctx, out, x, dy):
+        del ctx
+        kernel.run(np.asarray(x), np.asarray(dy), np.asarray(out))
+
+    return buffer_callback(run, jax.ShapeDtypeStruct(w_shape, jnp.float32),
+                           vmap_method="sequential")(x, dy)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_with_onednn_weight_grad(x, w, strides, padding):
+    """XLA's NHWC/HWIO convolution whose filter gradient is oneDNN's (input gradient XLA's)."""
+    return _xla_conv(x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+    return _xla_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, res, dy):
+    x, w = res
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)
+    (dx,) = input_vjp(dy)
+    return dx, onednn_conv_weight_grad(x, dy, w.shape, strides, padding)
+
+
+conv_with_onednn_weight_grad.defvjp(_conv_fwd, _conv_bwd)
