@@ -14,6 +14,22 @@ Each item runs in its own process so that its peak resident memory (ru_maxrss) i
 measures the machine's matmul rate (2048^2 float32, jax) just before it. Times are medians
 after one warm-up (compile) call; "cpu" is the process CPU time per call (user + system, both
 cores), steadier than wall time on a shared machine. The machine is shared: numbers are noisy.
+
+The official figures above were measured on other days, and the machine drifts by tens of
+percent. `--official PATH` measures the official PyTorch code today, beside ours:
+
+    python benchmarks/unet.py --only fwd256 train2 --official ~/src/daclip-uir
+
+PATH is a checkout of github.com/Algolzw/daclip-uir (the golden data's commit is c2cc141);
+the benchmark imports universal-image-restoration/config/daclip-sde/models/modules/
+(DenoisingUNet_arch.py, module_util.py, attention.py; they need `einops`) and
+universal-image-restoration/utils/sde_utils.py (tqdm, scipy; torchvision only if installed)
+from it. None of that code is part of this repository. For api256, fwd256, fwd512, train2,
+train4 and sample256 a second process per item loads one set of weights (our universal-IR
+init, exported to the official layout) into both nets, runs the official item once before jax
+is loaded (its peak RSS), checks that the two forwards agree (max abs diff printed), then times
+the two alternately (torch with 2 threads): the table gets "official today", ours beside it in
+that process and their ratio, next to performance.md's figure.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -249,6 +266,270 @@ def run_item(item, repeats, ab=False, malloc_ab=False):
     return res
 
 
+# --- the official PyTorch code beside ours (--official PATH) -------------------------------
+# Items with an official counterpart; everything of the official code is imported from the
+# checkout the user names, nothing of it is in this repository.
+OFFICIAL_ITEMS = ("api256", "fwd256", "fwd512", "train2", "train4", "sample256")
+OFFICIAL_MODULES = "universal-image-restoration/config/daclip-sde/models/modules"
+OFFICIAL_SDE = "universal-image-restoration/utils/sde_utils.py"
+
+
+def _load_official(path):
+    """(ConditionalUNet, IRSDE) classes from a daclip-uir checkout at `path`.
+
+    models/modules is imported as a package of its own (private name), so neither the
+    checkout's models/__init__.py nor utils/__init__.py runs (they pull the trainer's and the
+    data code's dependencies). sde_utils imports torchvision only to save pictures of states;
+    without torchvision a stand-in module is present while it is imported, then removed."""
+    import importlib
+    import importlib.util
+    import types
+
+    mod_dir = os.path.join(path, OFFICIAL_MODULES)
+    sde_file = os.path.join(path, OFFICIAL_SDE)
+    for f in (os.path.join(mod_dir, "DenoisingUNet_arch.py"), sde_file):
+        if not os.path.isfile(f):
+            raise SystemExit(f"--official {path}: {f} not found (point at a daclip-uir checkout)")
+    pkg = types.ModuleType("_daclip_uir_official")
+    pkg.__path__ = [mod_dir]
+    sys.modules[pkg.__name__] = pkg
+    arch = importlib.import_module(pkg.__name__ + ".DenoisingUNet_arch")
+
+    stubs = {}
+    if importlib.util.find_spec("torchvision") is None:
+        tv = types.ModuleType("torchvision")
+        tv.utils = types.ModuleType("torchvision.utils")
+        stubs = {"torchvision": tv, "torchvision.utils": tv.utils}
+    sys.modules.update(stubs)
+    try:
+        spec = importlib.util.spec_from_file_location("_daclip_uir_official_sde", sde_file)
+        sde_mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sde_mod)
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+    return arch.ConditionalUNet, sde_mod.IRSDE
+
+
+def write_weights(path):
+    """The weights both sides load: our universal-IR init (seed 0), exported to the official
+    layout (bare state dict, as universal-ir.pth). The zero-initialised SpatialTransformer
+    proj_out tensors get small random values, so the parity check covers those blocks too."""
+    from daclip_jax.convert import torch_io
+    from daclip_jax.convert.unet import state_dict_from_unet
+    from daclip_jax.models.unet import UNetConfig, init_unet
+
+    sd = state_dict_from_unet(init_unet(UNetConfig.named("universal-ir"), seed=0))
+    rng = np.random.default_rng(1)
+    for k in sd:
+        if ".proj_out." in k:
+            sd[k] = (0.02 * rng.normal(size=sd[k].shape)).astype(np.float32)
+    torch_io.save_state_dict(sd, path)
+
+
+def _arrays(item, ctx=512):
+    """The item's inputs, NHWC numpy: the same draws as _case / run_item make."""
+    rng = np.random.default_rng(0)
+    if item.startswith("train"):
+        b, px = int(item[5:]), 128
+        gt = rng.uniform(size=(b, px, px, 3)).astype(np.float32)
+        lq = rng.uniform(size=(b, px, px, 3)).astype(np.float32)
+        txt, img = (rng.normal(size=(b, ctx)).astype(np.float32) for _ in range(2))
+        return dict(gt=gt, lq=lq, txt=txt, img=img)
+    size = {"api256": (256, 256), "fwd256": (256, 256), "fwd512": (512, 512),
+            "sample256": (256, 256)}[item]
+    x = rng.uniform(size=(1, *size, 3)).astype(np.float32)
+    txt, img = (rng.normal(size=(1, ctx)).astype(np.float32) for _ in range(2))
+    return dict(x=x, txt=txt, img=img)
+
+
+def _official_call(item, net, sde, a):
+    """() -> output (NCHW): one call of the official code as its own scripts make it.
+
+    Forwards: eval mode, no_grad, time a Python float (as the sampler passes it). Training
+    step: as DenoisingModel.optimize_parameters after train.py's generate_random_states --
+    IR-SDE noise-matching loss (l1, per-sample mean, then mean) on a random t, backward,
+    AdamW lr 2e-4 betas (0.9, 0.99) no weight decay, and an EMA (0.995) of the weights every
+    10 steps (ema_pytorch's EMA(beta=0.995, update_every=10): one lerp per tensor). The
+    sampler: noise_state, then reverse_posterior (test.yml's sampling_mode posterior)."""
+    import torch
+
+    t_ = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
+    txt, img = torch.from_numpy(a["txt"]), torch.from_numpy(a["img"])
+    if item.startswith("train"):
+        gt, lq = t_(a["gt"]), t_(a["lq"])
+        net.train()
+        sde.set_model(net)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
+        ema = [p.detach().clone() for p in params]
+        step = [1]
+
+        def call():
+            timesteps, states = sde.generate_random_states(x0=gt, mu=lq)
+            sde.set_mu(lq)
+            opt.zero_grad()
+            noise = sde.noise_fn(states, timesteps.squeeze(), text_context=txt, image_context=img)
+            score = sde.get_score_from_noise(noise, timesteps)
+            pred = sde.reverse_sde_step_mean(states, score, timesteps)
+            target = sde.reverse_optimum_step(states, gt, timesteps)
+            loss = (pred - target).abs().flatten(1).mean(1).mean()
+            loss.backward()
+            opt.step()
+            if step[0] % 10 == 0:
+                with torch.no_grad():
+                    for e, p in zip(ema, params):
+                        e.lerp_(p, 0.005)
+            step[0] += 1
+            return loss.detach()
+        return call
+    x = t_(a["x"])
+    net.eval()
+    if item == "sample256":
+        def call():
+            sde.set_model(net)
+            sde.set_mu(x)
+            with torch.no_grad():
+                return sde.reverse_posterior(sde.noise_state(x), text_context=txt, image_context=img)
+        return call
+
+    def call():
+        with torch.no_grad():
+            return net(x, x * 0.5, 50.0, text_context=txt, image_context=img)
+    return call
+
+
+def _ours_call(item, unet, sde, a):
+    """() -> output (NHWC): our side of the item, as run_item times it (compiled before)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from daclip_jax.models import conv as conv_ops
+
+    j = {k: jnp.asarray(v) for k, v in a.items()}
+    if item == "api256":
+        return lambda: unet(j["x"], j["x"] * 0.5, 50.0, text_context=j["txt"], image_context=j["img"])
+    if item == "sample256":
+        from daclip_jax.sampling import sample
+
+        return lambda: sample(unet, sde, j["x"], j["txt"], j["img"], jax.random.key(0))
+    graphdef, params = nnx.split(unet)
+    make, args = _case(item, graphdef, params, sde, unet.cfg)
+    with conv_ops.force_cpu_kernels(True):
+        fn = make().lower(*args).compile()
+    state = list(args)
+    if not item.startswith("train"):
+        return lambda: fn(*state)
+
+    def call():
+        out = fn(*state)
+        state[:3] = out[:3]
+        state[4] += 1
+        return out[3]
+    return call
+
+
+def torch_matmul_gflops(n=2048, repeats=5):
+    import torch
+
+    a = torch.from_numpy(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def run_official(item, repeats, path, weights):
+    """The item twice in one process: the official torch code (2 threads) and ours, on the
+    same weights (`weights`, official layout) and inputs.
+
+    1. The official net loads the weights and runs the item once before jax is imported:
+       that call's ru_maxrss is the official code's own peak (torch + net + activations).
+    2. Ours loads the same file (daclip_jax's importer) and is compiled and warmed up.
+    3. Parity: both nets' forward on the item's inputs (the forward items: their warm-up
+       outputs; training and sampling: a forward at t = 10..90 (50 for one image) on the
+       initial weights, the official one before step 1).
+    4. `repeats` timed calls of each, alternating (and swapping which goes first each round),
+       so load changes on a shared machine hit both alike. sample256 runs once each."""
+    os.environ.setdefault("TQDM_DISABLE", "1")     # the official sampler's progress bar
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    Net, OfficialSDE = _load_official(path)
+    a = _arrays(item)
+    res = {"item": item, "official": os.path.abspath(path)}
+    net = Net(3, 3, 64, ch_mult=[1, 2, 4, 8], context_dim=512, use_degra_context=True,
+              use_image_context=True)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    osde = OfficialSDE(max_sigma=50, T=100, schedule="cosine", eps=0.005, device=torch.device("cpu"))
+    tc = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))
+    check = None
+    if item.startswith("train") or item == "sample256":  # a forward on the item's inputs, before
+        b = a["txt"].shape[0]                              # any training step changes the weights
+        x, cond = (a["gt"], a["lq"]) if item.startswith("train") else (a["x"], a["x"] * 0.5)
+        tt = np.linspace(10, 90, b).astype(np.float32) if b > 1 else np.float32(50.0)
+        check = (x, cond, tt)
+        with torch.no_grad():
+            ref = net(tc(x), tc(cond), torch.as_tensor(tt).reshape(-1), text_context=torch.from_numpy(a["txt"]),
+                      image_context=torch.from_numpy(a["img"])).numpy()
+    off = _official_call(item, net, osde, a)
+    t0, c0 = time.perf_counter(), time.process_time()
+    off_out = off()
+    res["official_first_s"], off_first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    res["official_maxrss_gib"] = _maxrss_gib()
+    res["torch_matmul_gflops"] = torch_matmul_gflops()
+
+    import jax
+    import jax.numpy as jnp
+
+    from daclip_jax.convert.unet import load_unet
+    from daclip_jax.models.unet import UNetConfig
+    from daclip_jax.sde import IRSDE
+
+    res["matmul_gflops"] = matmul_gflops()
+    unet = load_unet(weights)
+    assert unet.cfg == UNetConfig.named("universal-ir"), unet.cfg
+    sde = IRSDE(max_sigma=50, T=100, schedule="cosine", eps=0.005)
+    ours = _ours_call(item, unet, sde, a)
+    t0, c0 = time.perf_counter(), time.process_time()
+    our_out = jax.block_until_ready(ours())
+    res["ours_first_s"], ours_first_cpu = time.perf_counter() - t0, time.process_time() - c0
+
+    if check is not None:
+        x, cond, tt = check
+        got = np.asarray(unet(jnp.asarray(x), jnp.asarray(cond), tt, text_context=jnp.asarray(a["txt"]),
+                              image_context=jnp.asarray(a["img"])))
+    else:
+        ref, got = off_out.numpy(), np.asarray(our_out)
+    ref = ref.transpose(0, 2, 3, 1)
+    res["parity_max_abs_diff"] = float(np.max(np.abs(got - ref)))
+    res["parity_max_abs_ref"] = float(np.max(np.abs(ref)))
+
+    if item == "sample256":      # one run each, as run_item times ours (first call, compile included)
+        res["official_s"], res["official_cpu_s"] = res["official_first_s"], off_first_cpu
+        res["ours_s"], res["ours_cpu_s"] = res["ours_first_s"], ours_first_cpu
+    else:
+        calls = {"ours": lambda: jax.block_until_ready(ours()), "official": off}
+        times = {name: ([], []) for name in calls}
+        for r in range(repeats):
+            for name in (("ours", "official") if r % 2 == 0 else ("official", "ours")):
+                t0, c0 = time.perf_counter(), time.process_time()
+                calls[name]()
+                times[name][0].append(time.perf_counter() - t0)
+                times[name][1].append(time.process_time() - c0)
+        for name, (wall, cpu) in times.items():
+            res[name + "_times"] = [round(t, 4) for t in wall]
+            res[name + "_s"] = statistics.median(wall) if wall else float("nan")
+            res[name + "_cpu_s"] = statistics.median(cpu) if cpu else float("nan")
+    res["ratio"] = res["official_s"] / res["ours_s"]
+    return res
+
+
 def _fmt(x, spec=".3f"):
     return "-" if x is None or x != x else format(x, spec)
 
@@ -264,10 +545,30 @@ def main():
                     help="also time each jitted item with models/conv.py's CPU rewrites off (alternating)")
     ap.add_argument("--malloc-ab", action="store_true",
                     help="also time each jitted item with malloc thresholds fixed at 128 KiB (glibc's initial values, without its adaptation; alternating)")
+    ap.add_argument("--official", metavar="PATH",
+                    help="a daclip-uir checkout: also time its PyTorch ConditionalUNet on the same weights "
+                         f"and inputs, alternating with ours ({', '.join(OFFICIAL_ITEMS)})")
+    ap.add_argument("--weights", metavar="PTH", help=argparse.SUPPRESS)        # --official's shared weights
+    ap.add_argument("--write-weights", metavar="PTH", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write_weights:
+        write_weights(args.write_weights)
+        return
+    if args.item and args.official:
+        if args.item not in OFFICIAL_ITEMS:
+            raise SystemExit(f"--official: no official counterpart for {args.item}")
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = args.weights
+            if not weights:    # written by another process: jax must not be loaded before step 1
+                weights = os.path.join(tmp, "universal-ir.pth")
+                subprocess.run([sys.executable, __file__, "--write-weights", weights], check=True)
+            print(json.dumps(run_official(args.item, args.repeats, args.official, weights)))
+        return
     if args.item:
         print(json.dumps(run_item(args.item, args.repeats, args.ab, args.malloc_ab)))
         return
+    if args.official:
+        return main_official(args)
     items = list(args.only if args.only is not None else ITEMS)
     items += (["large"] if args.large else []) + (["large-tiny"] if args.large_tiny else [])
     flags = ["--ab"] * args.ab + ["--malloc-ab"] * args.malloc_ab
@@ -302,6 +603,78 @@ def main():
         pairs = sorted(k for k in r if k.startswith("[") and k.endswith("] s"))
         if len(pairs) == 2:
             (a, b) = [k[1:-3] for k in pairs]
+            print(f"A/B {r['item']}: " + ", ".join(
+                f"[{n}] {r[f'[{n}] s']:.3f} s wall, {r[f'[{n}] cpu_s']:.3f} s cpu" for n in (a, b)))
+
+
+def _subprocess_row(cmd):
+    out = subprocess.run([sys.executable, __file__, *cmd], capture_output=True, text=True, env=os.environ)
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode or not line:
+        print(f"{' '.join(cmd)}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[-1])
+
+
+def main_official(args):
+    """The table with the official code measured today beside ours (--official PATH)."""
+    items = list(args.only if args.only is not None else ITEMS)
+    items += (["large"] if args.large else []) + (["large-tiny"] if args.large_tiny else [])
+    flags = ["--ab"] * args.ab + ["--malloc-ab"] * args.malloc_ab
+    rows, pairs = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "universal-ir.pth")
+        subprocess.run([sys.executable, __file__, "--write-weights", weights], check=True)
+        for item in items:
+            r = _subprocess_row(["--item", item, "--repeats", str(args.repeats), *flags])
+            if r is None:
+                continue
+            rows.append(r)
+            print(f"# {item}: {r['s']:.3f} s (first call {r.get('first_s', float('nan')):.1f} s), "
+                  f"peak RSS {r['maxrss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+            if item not in OFFICIAL_ITEMS:
+                continue
+            p = _subprocess_row(["--item", item, "--repeats", str(args.repeats), "--official",
+                                 args.official, "--weights", weights])
+            if p is None:
+                continue
+            pairs[item] = p
+            print(f"# {item} beside the official code: official {p['official_s']:.3f} s, ours "
+                  f"{p['ours_s']:.3f} s ({p['ratio']:.2f}x), official peak RSS "
+                  f"{p['official_maxrss_gib']:.2f} GiB, parity max abs diff "
+                  f"{p['parity_max_abs_diff']:.2e}", file=sys.stderr, flush=True)
+    print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy). Official today: "
+          f"{args.official} run in the same process as ours (torch, 2 threads, same weights and inputs, "
+          "calls alternating; 'ours beside it' is ours in that process); official (performance.md): its "
+          "side-by-side run of 2026-12-01; demo items: issue 14's figure before.\n")
+    print("| work | ours (wall) | cpu time | official today | ours beside it | ratio today | "
+          "official (performance.md) | ratio (performance.md) | goal | matmul GFLOP/s now | GFLOP/call | "
+          "GFLOP/s | peak RSS | official peak RSS today |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        off, goal = OFFICIAL.get(r["item"], (BEFORE.get(r["item"]), "-"))
+        ref = "" if r["item"] in OFFICIAL else " (before)"
+        ratio = f"{off / r['s']:.2f}x" if off else "-"
+        rss = f"{r['maxrss_gib']:.2f} GiB"
+        if r["item"] == "fwd512":
+            rss += f" (performance.md: official {OFFICIAL_RSS512} GiB)"
+        p = pairs.get(r["item"], {})
+        today = (f"{p['official_s']:.3f} s | {p['ours_s']:.3f} s | {p['ratio']:.2f}x" if p
+                 else "- | - | -")
+        off_rss = f"{p['official_maxrss_gib']:.2f} GiB" if p else "-"
+        print(f"| {TITLES[r['item']]} | {r['s']:.3f} s | {_fmt(r.get('cpu_s'))} s | {today} | "
+              f"{_fmt(off)} s{ref} | {ratio} | <= {goal} s | {r['matmul_gflops']:.0f} | "
+              f"{_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('gflops_per_s'), '.1f')} | {rss} | {off_rss} |")
+    for item, p in pairs.items():
+        print(f"{item}: parity max |ours - official| = {p['parity_max_abs_diff']:.2e} (max |official| "
+              f"{p['parity_max_abs_ref']:.2f}); cpu per call official {_fmt(p['official_cpu_s'])} s, ours "
+              f"{_fmt(p['ours_cpu_s'])} s; first calls official {p['official_first_s']:.2f} s, ours "
+              f"{p['ours_first_s']:.2f} s; matmul 2048^2 now: torch {p['torch_matmul_gflops']:.0f}, "
+              f"jax {p['matmul_gflops']:.0f} GFLOP/s")
+    for r in rows:
+        ab = sorted(k for k in r if k.startswith("[") and k.endswith("] s"))
+        if len(ab) == 2:
+            (a, b) = [k[1:-3] for k in ab]
             print(f"A/B {r['item']}: " + ", ".join(
                 f"[{n}] {r[f'[{n}] s']:.3f} s wall, {r[f'[{n}] cpu_s']:.3f} s cpu" for n in (a, b)))
 
