@@ -11,7 +11,8 @@ Columns are median milliseconds per call of one jitted function, variants altern
 - 3x3 gradient (input + filter): XLA's autodiff lowering vs a custom VJP whose input gradient
   is a convolution with the flipped kernel and whose filter gradient is one GEMM over im2col
   patches (or a convolution with batch and feature swapped), and what models/conv.py ships on
-  CPU: XLA's input gradient with oneDNN's filter gradient (models/onednn.py);
+  CPU: oneDNN's convolution and gradients (models/onednn.py; its forward is a column of the
+  forward table too);
 - 1x1: XLA's convolution vs one GEMM over the pixels (what models/conv.py does on CPU);
 - self-attention over n tokens: the query-chunk sizes of CrossAttention.
 
@@ -139,14 +140,16 @@ ONE_BY_ONE = [(4, 64, 64, 16, 384), (1, 512, 608, 32, 16), (1, 128, 152, 64, 64)
 def conv_table(repeats):
     rng = np.random.default_rng(0)
     print("\n3x3 stride 1, forward (ms) | gradient: input + filter (ms)")
-    print("| shape (n,h,w,cin,cout) | xla | im2col | 9 gemms | winograd F2 | max rel err | "
+    print("| shape (n,h,w,cin,cout) | xla | im2col | 9 gemms | winograd F2 | oneDNN (shipped) | max rel err | "
           "xla grad | vjp: flip + im2col gemm | vjp: flip + swapped conv | oneDNN filter grad (shipped) | "
           "max rel err |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     fwd = dict(xla=xla_conv, im2col=im2col_conv, gemms=shifted_gemms, wino=winograd_f2)
+    if onednn.available():
+        fwd["onednn"] = lambda x, k: conv_ops.onednn_conv(x, k, (1, 1), ((1, 1), (1, 1)))
     grads = dict(xla=xla_conv, im2col=_custom_vjp_conv(dw_im2col), swapped=_custom_vjp_conv(dw_swapped_conv))
     if onednn.available():
-        grads["onednn"] = lambda x, k: conv_ops.conv_with_onednn_weight_grad(x, k, (1, 1), ((1, 1), (1, 1)))
+        grads["onednn"] = lambda x, k: conv_ops.onednn_conv(x, k, (1, 1), ((1, 1), (1, 1)))
     for n, h, w, ci, co in CONV_SHAPES:
         x = jnp.asarray(rng.normal(size=(n, h, w, ci)), jnp.float32)
         k = jnp.asarray(rng.normal(size=(3, 3, ci, co)) / np.sqrt(9 * ci), jnp.float32)
@@ -158,7 +161,7 @@ def conv_table(repeats):
         tg = _time(g_jit, (x, k, g), repeats)
         eg = max(_rel(g_jit[name](x, k, g), g_jit["xla"](x, k, g)) for name in grads)
         print(f"| {(n, h, w, ci, co)} | {tf['xla']:.1f} | {tf['im2col']:.1f} | {tf['gemms']:.1f} | "
-              f"{tf['wino']:.1f} | {ef:.0e} | {tg['xla']:.1f} | {tg['im2col']:.1f} | {tg['swapped']:.1f} | "
+              f"{tf['wino']:.1f} | {tf.get('onednn', float('nan')):.1f} | {ef:.0e} | {tg['xla']:.1f} | {tg['im2col']:.1f} | {tg['swapped']:.1f} | "
               f"{tg.get('onednn', float('nan')):.1f} | {eg:.0e} |", flush=True)
 
 

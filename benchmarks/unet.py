@@ -124,13 +124,22 @@ def _mallopt(mmap_threshold, trim_threshold):
     libc.mallopt(-1, int(trim_threshold))   # M_TRIM_THRESHOLD
 
 
+def _convs():
+    """Which convolutions ours ran: oneDNN's (models/onednn.py) or XLA's, and why."""
+    from daclip_jax.models import onednn
+
+    return "oneDNN convolutions" if onednn.available() else f"XLA convolutions ({onednn.unavailable_reason()})"
+
+
 def _variants(ab, malloc_ab):
-    """{name: (use the CPU rewrites?, malloc thresholds to set before each call or None)}."""
+    """{name: (CPU rewrites: True | "xla convs" (on, but XLA's convolutions instead of oneDNN's)
+    | False, malloc thresholds to set before each call or None)}."""
     if malloc_ab:
         return {"tuned malloc": (True, (32 << 20, 256 << 20)),
                 "fixed 128 KiB thresholds": (True, (128 << 10, 128 << 10))}
     if ab:
-        return {"cpu rewrites": (True, None), "plain lax": (False, None)}
+        return {"cpu rewrites + oneDNN": (True, None), "cpu rewrites, XLA convs": ("xla convs", None),
+                "plain lax": (False, None)}
     return {"": (True, None)}
 
 
@@ -224,9 +233,12 @@ def run_item(item, repeats, ab=False, malloc_ab=False):
         make, args = _case(item, graphdef, params, sde, cfg)
         fns = {}
         for name, (rewrites, _) in _variants(ab, malloc_ab).items():
-            with conv_ops.force_cpu_kernels(rewrites):
+            with conv_ops.force_cpu_kernels(bool(rewrites)), \
+                    conv_ops.force_onednn(False if rewrites == "xla convs" else None):
                 fns[name] = make().lower(*args).compile()
-        cost = next(iter(fns.values())).cost_analysis()
+        # counted on XLA's own convolutions: the cost analysis does not see into oneDNN's calls
+        with conv_ops.force_onednn(False):
+            cost = make().lower(*args).cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         res["gflop"] = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
         variants = _variants(ab, malloc_ab)
@@ -542,7 +554,8 @@ def main():
     ap.add_argument("--large-tiny", action="store_true", help="add it with the tiny net")
     ap.add_argument("--only", nargs="*", choices=ITEMS)
     ap.add_argument("--ab", action="store_true",
-                    help="also time each jitted item with models/conv.py's CPU rewrites off (alternating)")
+                    help="also time each jitted item with XLA's convolutions instead of oneDNN's, and with all of "
+                         "models/conv.py's CPU rewrites off (alternating)")
     ap.add_argument("--malloc-ab", action="store_true",
                     help="also time each jitted item with malloc thresholds fixed at 128 KiB (glibc's initial values, without its adaptation; alternating)")
     ap.add_argument("--official", metavar="PATH",
@@ -584,7 +597,7 @@ def main():
         r = rows[-1]
         print(f"# {item}: {r['s']:.3f} s (first call {r.get('first_s', float('nan')):.1f} s), "
               f"peak RSS {r['maxrss_gib']:.2f} GiB", file=sys.stderr, flush=True)
-    print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy). Official: "
+    print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy), {_convs()}. Official: "
           "performance.md side-by-side run (torch, 2 threads); demo items: issue 14's figure before.\n")
     print("| work | ours (wall) | cpu time | official | ratio | goal | matmul GFLOP/s now | "
           "GFLOP/call | GFLOP/s | peak RSS |")
@@ -643,7 +656,7 @@ def main_official(args):
                   f"{p['ours_s']:.3f} s ({p['ratio']:.2f}x), official peak RSS "
                   f"{p['official_maxrss_gib']:.2f} GiB, parity max abs diff "
                   f"{p['parity_max_abs_diff']:.2e}", file=sys.stderr, flush=True)
-    print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy). Official today: "
+    print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy), {_convs()}. Official today: "
           f"{args.official} run in the same process as ours (torch, 2 threads, same weights and inputs, "
           "calls alternating; 'ours beside it' is ours in that process); official (performance.md): its "
           "side-by-side run of 2026-12-01; demo items: issue 14's figure before.\n")

@@ -66,12 +66,12 @@ def test_off_cpu_every_conv_is_lax_conv():
     assert "conv_general_dilated" in jaxpr
 
 
-def test_other_convs_pass_through_unchanged():
+def test_other_convs_pass_through_unchanged_without_onednn():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(4, 4, 4, 6)), jnp.float32)
     args = ((2, 2), ((1, 1), (1, 1)))
-    with conv_ops.force_cpu_kernels(True):
+    with conv_ops.force_cpu_kernels(True), conv_ops.force_onednn(False):
         y = conv_ops.conv_general_dilated(x, k, *args, dimension_numbers=DN)
     np.testing.assert_array_equal(y, lax.conv_general_dilated(x, k, *args, dimension_numbers=DN))
 
@@ -87,7 +87,7 @@ def _require_onednn():
     # stride-2 Downsample, odd sizes, and a larger image (a long reduction over pixels)
     (2, 16, 20, 16, 24, 3, 1, 1), (1, 21, 17, 6, 64, 7, 1, 3), (2, 16, 18, 32, 32, 4, 2, 1),
     (1, 96, 80, 16, 16, 3, 1, 1)])
-def test_onednn_weight_gradient_matches_lax_conv(shape):
+def test_onednn_convolution_matches_lax_conv_forward_and_gradients(shape):
     _require_onednn()
     n, h, w, ci, co, k, s, p = shape
     rng = np.random.default_rng(0)
@@ -96,18 +96,33 @@ def test_onednn_weight_gradient_matches_lax_conv(shape):
     args = ((s, s), ((p, p), (p, p)))
     ref = lambda x, kern: lax.conv_general_dilated(x, kern, *args, dimension_numbers=DN)
     ours = lambda x, kern: conv_ops.conv_general_dilated(x, kern, *args, dimension_numbers=DN)
-    with conv_ops.force_cpu_kernels(True):
+    with conv_ops.force_cpu_kernels(True), conv_ops.force_onednn(True):
         jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, kern: ours(x, kern).sum(), (0, 1)))(x, kern))
         y, (gx, gk) = _grads(jax.jit(ours), x, kern)
-        _, (_, gk_again) = _grads(jax.jit(ours), x, kern)
-    assert "buffer_callback" in jaxpr
+        y2, (gx2, gk2) = _grads(jax.jit(ours), x, kern)
+    assert jaxpr.count("buffer_callback") == 3 and "conv_general_dilated" not in jaxpr
     y_ref, (gx_ref, gk_ref) = _grads(jax.jit(ref), x, kern)
-    np.testing.assert_array_equal(y, y_ref)          # the forward is XLA's own
-    assert _rel(gx, gx_ref) <= 1e-5 and _rel(gk, gk_ref) <= 1e-5
-    np.testing.assert_array_equal(gk, gk_again)      # deterministic: resumes stay bit-identical
+    assert _rel(y, y_ref) <= 1e-5 and _rel(gx, gx_ref) <= 1e-5 and _rel(gk, gk_ref) <= 1e-5
+    for a, b in ((y, y2), (gx, gx2), (gk, gk2)):   # deterministic: resumes stay bit-identical
+        np.testing.assert_array_equal(a, b)
 
 
-def test_onednn_weight_gradient_is_off_without_cpu_kernels_or_on_several_devices(monkeypatch):
+def test_onednn_runs_inside_vmap_and_loops():
+    _require_onednn()
+    rng = np.random.default_rng(1)
+    xs = jnp.asarray(rng.normal(size=(3, 1, 12, 12, 8)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(3, 3, 8, 8)) / 8, jnp.float32)
+    pad = ((1, 1), (1, 1))
+    f = lambda conv: lambda x: conv(x, kern, (1, 1), pad, dimension_numbers=DN)
+    with conv_ops.force_cpu_kernels(True), conv_ops.force_onednn(True):
+        mapped = jax.jit(jax.vmap(f(conv_ops.conv_general_dilated)))(xs)
+        looped = jax.jit(lambda x: lax.fori_loop(0, 3, lambda i, y: f(conv_ops.conv_general_dilated)(y), x))(xs[0])
+    ref = jax.vmap(f(lax.conv_general_dilated))(xs)
+    ref_loop = lax.fori_loop(0, 3, lambda i, y: f(lax.conv_general_dilated)(y), xs[0])
+    assert _rel(mapped, ref) <= 1e-5 and _rel(looped, ref_loop) <= 1e-5
+
+
+def test_onednn_is_off_without_cpu_kernels_or_on_several_devices(monkeypatch):
     x, kern = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
     grad = lambda: str(jax.make_jaxpr(jax.grad(lambda k: conv_ops.conv_general_dilated(
         x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN).sum()))(kern))
@@ -124,7 +139,7 @@ def test_onednn_missing_library_is_reported_not_raised(monkeypatch):
     try:
         assert not onednn.available() and "libdnnl.so.3" in onednn.unavailable_reason()
         with conv_ops.force_cpu_kernels(True):
-            assert not conv_ops.onednn_weight_grad_enabled()
+            assert not conv_ops.onednn_enabled()
     finally:
         onednn._load.cache_clear()
 

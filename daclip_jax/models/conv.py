@@ -9,16 +9,15 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
   as a GEMM, forward + gradient is 1.5-2x faster on the UNet's shapes (the forward alone 0.5-3x:
   benchmarks/conv.py).
 
-- The filter gradient of every other convolution (3x3, the 7x7 init_conv, the strided
-  Downsample) is oneDNN's (models/onednn.py, through a custom VJP): XLA computes it as a
-  convolution whose window is the whole image, 2-10x slower than its forward at the first UNet
-  levels, while oneDNN's runs about as fast as a forward. The forward and the input gradient
-  stay XLA's (as fast as oneDNN's there). Used when oneDNN loads and the computation runs on
-  one device (a callback is not partitioned across devices).
+- Every other convolution (3x3, the 7x7 init_conv, the 4x4 stride-2 Downsample) is oneDNN's
+  (models/onednn.py): forward, input gradient and filter gradient, through a custom VJP. On the
+  UNet's shapes oneDNN's forward is 1.3-2.3x XLA's and its filter gradient 1-5x (XLA computes
+  that one as a convolution whose window is the whole image). Used when oneDNN loads and the
+  computation runs on one device (a callback is not partitioned across devices).
 
-3x3 forwards stay with XLA: im2col + GEMM, shifted GEMMs, Winograd F(2x2,3x3) and F(4x4,3x3) in
-jnp and jnp filter-gradient formulations (im2col GEMM, nine shifted GEMMs, split-K) were all
-slower (benchmarks/conv.py). Everything else goes to `lax.conv_general_dilated` unchanged. On
+Without oneDNN, 3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd
+F(2x2,3x3) and F(4x4,3x3) in jnp and jnp filter-gradient formulations (im2col GEMM, nine
+shifted GEMMs, split-K) were all slower than XLA's (benchmarks/conv.py). Everything else goes to `lax.conv_general_dilated` unchanged. On
 GPU/TPU nothing is rewritten (`cpu_kernels(platform)` is False there): the accelerators' own
 convolutions are the fast path.
 
@@ -45,6 +44,7 @@ from daclip_jax.models import onednn
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
 _override: list[bool | None] = [None]
+_onednn_override: list[bool | None] = [None]
 
 
 def default_platform_is_cpu() -> bool:
@@ -121,56 +121,66 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                         precision=precision, preferred_element_type=preferred_element_type)
             return y.reshape(lhs.shape[:-1] + y.shape[-1:])
         if (lhs.dtype == rhs.dtype == jnp.float32 and precision is None
-                and preferred_element_type is None and onednn_weight_grad_enabled()):
+                and preferred_element_type is None and onednn_enabled()):
             strides = tuple(int(s) for s in (window_strides or (1, 1)))
             if isinstance(padding, str):
                 padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
             pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-            return conv_with_onednn_weight_grad(lhs, rhs, strides, pads)
+            return onednn_conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision=precision, preferred_element_type=preferred_element_type,
                                     **kwargs)
 
 
-def onednn_weight_grad_enabled() -> bool:
-    """oneDNN's filter gradient is used: CPU rewrites on, oneDNN loaded, a single device."""
+def onednn_enabled() -> bool:
+    """oneDNN's convolutions are used: CPU rewrites on, oneDNN loaded, a single device."""
+    if _onednn_override[0] is not None:
+        return _onednn_override[0] and cpu_kernels() and onednn.available()
     return cpu_kernels() and jax.device_count() == 1 and onednn.available()
 
 
-def _xla_conv(x, w, strides, padding):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+@contextlib.contextmanager
+def force_onednn(enabled: bool | None):
+    """Trace with oneDNN's convolutions on/off (A/B benchmarks, FLOP counts: XLA's cost analysis
+    does not see inside a callback). Read when a function is traced."""
+    prev, _onednn_override[0] = _onednn_override[0], enabled
+    try:
+        yield
+    finally:
+        _onednn_override[0] = prev
 
 
-def onednn_conv_weight_grad(x, dy, w_shape, strides, padding):
-    """dL/dW of `_xla_conv(x, w, strides, padding)` given dL/dy, computed by oneDNN."""
+def _callback(method, out_shape, *args):
+    """`method(*numpy views of args, numpy view of the output)` as an XLA op, without copies."""
     from jax.experimental.buffer_callback import buffer_callback
 
-    kernel = onednn.weight_grad(tuple(x.shape), tuple(w_shape), strides, padding)
-
-    def run(ctx, out, x, dy):
+    def run(ctx, out, *bufs):
         del ctx
-        kernel.run(np.asarray(x), np.asarray(dy), np.asarray(out))
+        method(*(np.asarray(b) for b in bufs), np.asarray(out))
 
-    return buffer_callback(run, jax.ShapeDtypeStruct(w_shape, jnp.float32),
-                           vmap_method="sequential")(x, dy)
+    return buffer_callback(run, jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                           vmap_method="sequential")(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_with_onednn_weight_grad(x, w, strides, padding):
-    """XLA's NHWC/HWIO convolution whose filter gradient is oneDNN's (input gradient XLA's)."""
-    return _xla_conv(x, w, strides, padding)
+def onednn_conv(x, w, strides, padding):
+    """NHWC/HWIO float32 convolution (no dilation, no groups) computed by oneDNN; its gradients too."""
+    return _onednn_forward(x, w, strides, padding)[0]
 
 
-def _conv_fwd(x, w, strides, padding):
-    return _xla_conv(x, w, strides, padding), (x, w)
+def _onednn_forward(x, w, strides, padding):
+    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
+    out_shape = jax.eval_shape(lambda x, w: lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w).shape
+    return _callback(conv.forward, out_shape, x, w), (x, w)
 
 
-def _conv_bwd(strides, padding, res, dy):
+def _onednn_backward(strides, padding, res, dy):
     x, w = res
-    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, w, strides, padding), x)
-    (dx,) = input_vjp(dy)
-    return dx, onednn_conv_weight_grad(x, dy, w.shape, strides, padding)
+    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
+    return (_callback(conv.backward_data, x.shape, dy, w),
+            _callback(conv.backward_weights, w.shape, x, dy))
 
 
-conv_with_onednn_weight_grad.defvjp(_conv_fwd, _conv_bwd)
+onednn_conv.defvjp(_onednn_forward, _onednn_backward)

@@ -1,21 +1,20 @@
-"""oneDNN's convolution weight gradient, called from XLA on CPU (issue 14).
+"""oneDNN's convolutions, called from XLA on CPU (issue 14).
 
-XLA's CPU lowering of a convolution's filter gradient (a convolution with batch and feature
-swapped, whose window is the whole image) runs 2-10x slower than the forward convolution at the
-UNet's large-image, few-channel layers; oneDNN (the library PyTorch's CPU convolutions run on)
-computes the same gradient about as fast as a forward pass. benchmarks/conv.py prints both.
+oneDNN (the library PyTorch's CPU convolutions run on) is faster than XLA's CPU convolution on
+every UNet layer shape we measured: the forward 1.3-2.3x (most at large images with few
+channels), and the filter gradient 1-5x (XLA computes it as a convolution whose window is the
+whole image). benchmarks/conv.py prints them side by side.
 
 The library comes from the `onednn-cpu-gomp` wheel (Apache-2.0: a plain shared library,
-libdnnl.so.3, with no Python API) and is driven through its C API with ctypes; JAX hands the
-buffers over without copies through `jax.experimental.buffer_callback`. Nothing is compiled
-at install time, and without the library (another OS, a missing libgomp) `available()` is
-False and the caller keeps XLA's own gradient.
+libdnnl.so.3, no Python API) and is driven through its C API with ctypes; JAX hands over its
+buffers without copies through `jax.experimental.buffer_callback` (models/conv.py). Nothing is
+compiled at install time, and without the library (another OS, no libgomp) `available()` is
+False and models/conv.py keeps XLA's convolution.
 
-Only what models/conv.py needs is bound: float32 NHWC source / output gradient, HWIO weight
-gradient, any kernel size, stride and padding, no dilation or groups. Primitives are built once
-per shape and cached; calls are serialised by a lock (a oneDNN stream and the memory objects
-are not thread-safe, and XLA may run independent callbacks concurrently; oneDNN uses every
-core for one call anyway).
+Only what models/conv.py needs is bound: float32, NHWC activations, HWIO weights, any kernel
+size, stride and padding, no dilation or groups. Primitives are built once per shape and
+cached; calls are serialised by a lock (a oneDNN stream and the memory objects are not
+thread-safe, XLA may run independent callbacks concurrently, and one call uses every core).
 """
 
 from __future__ import annotations
@@ -35,12 +34,13 @@ _ENGINE_CPU = 1
 _F32 = 3
 _FORMAT_ANY = 1
 _STREAM_IN_ORDER = 1
-_FORWARD_TRAINING = 64
+_FORWARD_TRAINING, _FORWARD_INFERENCE = 64, 96
 _CONV_DIRECT = 1
-_ARG_SRC, _ARG_FROM, _ARG_TO = 1, 1, 17
-_ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 145, 161
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_FROM, _ARG_TO = 1, 17, 33, 1, 17
+_ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 129, 145, 161
 _QUERY_IMPL_INFO_STR = 8
-_QUERY_SRC_MD, _QUERY_DIFF_WEIGHTS_MD, _QUERY_DIFF_DST_MD = 129, 132, 134
+_QUERY_SRC_MD, _QUERY_DIFF_SRC_MD, _QUERY_WEIGHTS_MD = 129, 130, 131
+_QUERY_DIFF_WEIGHTS_MD, _QUERY_DST_MD, _QUERY_DIFF_DST_MD = 132, 133, 134
 
 _Dims = ctypes.c_int64 * 12
 _void_p = ctypes.c_void_p
@@ -156,9 +156,56 @@ def _hwio(lib, o, i, kh, kw):
     return lib.md((o, i, kh, kw), (1, o, kw * i * o, i * o))       # logical OIHW, physical HWIO
 
 
-class WeightGrad:
-    """dL/dW of `lax.conv_general_dilated(x, w, strides, padding, NHWC/HWIO/NHWC)` for one shape:
-    `run(x, dy, out)` writes it into the float32 HWIO array `out`."""
+class _Call:
+    """One oneDNN primitive and its arguments. Each argument is given to `run` as a plain
+    (NHWC / HWIO) array; where the primitive chose another layout for it (its fast kernels
+    want blocked weights), a reorder into / out of a scratch buffer goes around the call."""
+
+    def __init__(self, lib, pd, args):
+        """args: (DNNL_ARG_*, plain memory descriptor, query for the chosen one, is_output)."""
+        self.lib, self.prim = lib, lib.primitive(pd)
+        self.impl = lib.impl_name(pd)
+        self.plain, self.exec_args, self.before, self.after, self.scratch = [], [], [], [], []
+        for arg, plain_md, query, is_output in args:
+            plain = lib.memory(plain_md)
+            self.plain.append(plain)
+            chosen_md = lib.query_md(pd, query)
+            if lib.lib.dnnl_memory_desc_equal(chosen_md, plain_md):
+                self.exec_args.append((arg, plain))
+                continue
+            buf = np.empty(-(-lib.lib.dnnl_memory_desc_get_size(chosen_md) // 4), np.float32)
+            chosen = lib.memory(chosen_md)
+            lib.check(lib.lib.dnnl_memory_set_data_handle(chosen, _void_p(buf.ctypes.data)),
+                      "set handle")
+            self.scratch.append(buf)
+            src, dst = (chosen, plain) if is_output else (plain, chosen)
+            rpd = _void_p()
+            lib.check(lib.lib.dnnl_reorder_primitive_desc_create(
+                ctypes.byref(rpd), chosen_md if is_output else plain_md, lib.engine,
+                plain_md if is_output else chosen_md, lib.engine, None), "reorder")
+            (self.after if is_output else self.before).append((lib.primitive(rpd), src, dst))
+            self.exec_args.append((arg, chosen))
+
+    def run(self, *arrays: np.ndarray) -> None:
+        lib = self.lib
+        for mem, a in zip(self.plain, arrays):
+            if not (a.flags.c_contiguous and a.dtype == np.float32):
+                raise OneDNNError(f"oneDNN needs C-contiguous float32 buffers, got {a.dtype} "
+                                  f"{a.strides}")
+            lib.check(lib.lib.dnnl_memory_set_data_handle(mem, _void_p(a.ctypes.data)),
+                      "set handle")
+        for prim, src, dst in self.before:
+            lib.execute(prim, [(_ARG_FROM, src), (_ARG_TO, dst)])
+        lib.execute(self.prim, self.exec_args)
+        for prim, src, dst in self.after:
+            lib.execute(prim, [(_ARG_FROM, src), (_ARG_TO, dst)])
+        lib.check(lib.lib.dnnl_stream_wait(lib.stream), "wait")
+
+
+class Convolution:
+    """`lax.conv_general_dilated(x, w, strides, padding, NHWC/HWIO/NHWC)` for one shape, in
+    float32: `forward(x, w, y)`, `backward_data(dy, w, dx)` and `backward_weights(x, dy, dw)`
+    write their result into the last (NHWC / HWIO) array. Primitives are built on first use."""
 
     def __init__(self, x_shape, w_shape, strides, padding):
         lib, why = _load()
@@ -170,54 +217,67 @@ class WeightGrad:
         oh = (h + pt + pb - kh) // strides[0] + 1
         ow = (w + pl + pr - kw) // strides[1] + 1
         self.lib = lib
-        src, ddst = _nhwc(lib, n, c, h, w), _nhwc(lib, n, o, oh, ow)
-        plain_w, any_w = _hwio(lib, o, c, kh, kw), lib.md((o, c, kh, kw))
-        dims = lambda *v: _Dims(*v)
-        conv_args = (dims(*strides), dims(0, 0), dims(pt, pl), dims(pb, pr))
-        fwd = _void_p()
-        lib.check(lib.lib.dnnl_convolution_forward_primitive_desc_create(
-            ctypes.byref(fwd), lib.engine, _FORWARD_TRAINING, _CONV_DIRECT, src, any_w, None,
-            ddst, *conv_args, None), "forward descriptor")
-        # the weight gradient in the layout oneDNN prefers (its fast kernels write blocked
-        # layouts; asked for plain HWIO it falls back to a slow GEMM path), then reordered
-        bwd = _void_p()
-        lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
-            ctypes.byref(bwd), lib.engine, _CONV_DIRECT, src, any_w, None, ddst, *conv_args,
-            fwd, None), "weight-gradient descriptor")
-        self.impl = lib.impl_name(bwd)
-        self.conv = lib.primitive(bwd)
-        self.src = lib.memory(lib.query_md(bwd, _QUERY_SRC_MD))
-        self.ddst = lib.memory(lib.query_md(bwd, _QUERY_DIFF_DST_MD))
-        got_w = lib.query_md(bwd, _QUERY_DIFF_WEIGHTS_MD)
-        self.reorder = None
-        self.out = lib.memory(plain_w)
-        if not lib.lib.dnnl_memory_desc_equal(got_w, plain_w):
-            size = lib.lib.dnnl_memory_desc_get_size(got_w)
-            self.scratch = np.empty(-(-size // 4), np.float32)
-            self.dw = lib.memory(got_w)
-            lib.check(lib.lib.dnnl_memory_set_data_handle(
-                self.dw, _void_p(self.scratch.ctypes.data)), "set handle")
-            rpd = _void_p()
-            lib.check(lib.lib.dnnl_reorder_primitive_desc_create(
-                ctypes.byref(rpd), got_w, lib.engine, plain_w, lib.engine, None), "reorder")
-            self.reorder = lib.primitive(rpd)
-        else:
-            self.dw = self.out
+        self.x, self.y = _nhwc(lib, n, c, h, w), _nhwc(lib, n, o, oh, ow)
+        self.w, self.w_any = _hwio(lib, o, c, kh, kw), lib.md((o, c, kh, kw))
+        self.geometry = (_Dims(*strides), _Dims(0, 0), _Dims(pt, pl), _Dims(pb, pr))
+        self._calls = {}
+        self._hint = None
 
-    def run(self, x: np.ndarray, dy: np.ndarray, out: np.ndarray) -> None:
+    def _forward_pd(self, prop_kind):
+        pd = _void_p()
+        self.lib.check(self.lib.lib.dnnl_convolution_forward_primitive_desc_create(
+            ctypes.byref(pd), self.lib.engine, prop_kind, _CONV_DIRECT, self.x, self.w_any,
+            None, self.y, *self.geometry, None), "forward descriptor")
+        return pd
+
+    def _call(self, which):
+        if which in self._calls:
+            return self._calls[which]
         lib = self.lib
-        with lib.lock:
-            for mem, a in ((self.src, x), (self.ddst, dy), (self.out, out)):
-                lib.check(lib.lib.dnnl_memory_set_data_handle(mem, _void_p(a.ctypes.data)),
-                          "set handle")
-            lib.execute(self.conv, [(_ARG_SRC, self.src), (_ARG_DIFF_DST, self.ddst),
-                                    (_ARG_DIFF_WEIGHTS, self.dw)])
-            if self.reorder is not None:
-                lib.execute(self.reorder, [(_ARG_FROM, self.dw), (_ARG_TO, self.out)])
-            lib.check(lib.lib.dnnl_stream_wait(lib.stream), "wait")
+        if self._hint is None:          # the backward descriptors are built against this
+            self._hint = self._forward_pd(_FORWARD_TRAINING)
+        pd = _void_p()
+        if which == "forward":
+            pd = self._forward_pd(_FORWARD_INFERENCE)
+            args = [(_ARG_SRC, self.x, _QUERY_SRC_MD, False),
+                    (_ARG_WEIGHTS, self.w, _QUERY_WEIGHTS_MD, False),
+                    (_ARG_DST, self.y, _QUERY_DST_MD, True)]
+        elif which == "backward_data":
+            lib.check(lib.lib.dnnl_convolution_backward_data_primitive_desc_create(
+                ctypes.byref(pd), lib.engine, _CONV_DIRECT, self.x, self.w_any, self.y,
+                *self.geometry, self._hint, None), "input-gradient descriptor")
+            args = [(_ARG_DIFF_DST, self.y, _QUERY_DIFF_DST_MD, False),
+                    (_ARG_WEIGHTS, self.w, _QUERY_WEIGHTS_MD, False),
+                    (_ARG_DIFF_SRC, self.x, _QUERY_DIFF_SRC_MD, True)]
+        else:
+            lib.check(lib.lib.dnnl_convolution_backward_weights_primitive_desc_create(
+                ctypes.byref(pd), lib.engine, _CONV_DIRECT, self.x, self.w_any, None, self.y,
+                *self.geometry, self._hint, None), "weight-gradient descriptor")
+            args = [(_ARG_SRC, self.x, _QUERY_SRC_MD, False),
+                    (_ARG_DIFF_DST, self.y, _QUERY_DIFF_DST_MD, False),
+                    (_ARG_DIFF_WEIGHTS, self.w, _QUERY_DIFF_WEIGHTS_MD, True)]
+        self._calls[which] = _Call(lib, pd, args)
+        return self._calls[which]
+
+    def _run(self, which, *arrays):
+        with self.lib.lock:
+            self._call(which).run(*arrays)
+
+    def forward(self, x, w, y):
+        self._run("forward", x, w, y)
+
+    def backward_data(self, dy, w, dx):
+        self._run("backward_data", dy, w, dx)
+
+    def backward_weights(self, x, dy, dw):
+        self._run("backward_weights", x, dy, dw)
+
+    def implementations(self) -> dict:
+        """{direction: oneDNN's implementation name} of the primitives built so far."""
+        return {k: c.impl for k, c in self._calls.items()}
 
 
 @functools.lru_cache(maxsize=None)
-def weight_grad(x_shape, w_shape, strides, padding) -> WeightGrad:
-    """The cached `WeightGrad` of one convolution shape (all arguments hashable tuples)."""
-    return WeightGrad(x_shape, w_shape, strides, padding)
+def convolution(x_shape, w_shape, strides, padding) -> Convolution:
+    """The cached `Convolution` of one shape (all arguments hashable tuples)."""
+    return Convolution(x_shape, w_shape, strides, padding)
