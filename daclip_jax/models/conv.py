@@ -10,16 +10,19 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
   benchmarks/conv.py).
 
 - Every other convolution (3x3, the 7x7 init_conv, the 4x4 stride-2 Downsample) is oneDNN's
-  (models/onednn.py): forward, input gradient and filter gradient, through a custom VJP. On the
-  UNet's shapes oneDNN's forward is 1.3-2.3x XLA's and its filter gradient 1-5x (XLA computes
-  that one as a convolution whose window is the whole image). Used when oneDNN loads and the
-  computation runs on one device (a callback is not partitioned across devices).
+  (models/onednn.py): forward, input gradient and filter gradient, through a custom VJP.
+  XLA's filter gradient (a convolution whose window is the whole image) is 2-5x slower than
+  oneDNN's at the first UNet levels; inside the whole UNet (benchmarks/unet.py --ab) the
+  training step 2x128^2 took 2.55-2.72 s against 2.83-4.46 s with XLA's convolutions, the
+  forward at 256^2 ~5 % less. Used when oneDNN loads and the computation runs on one device
+  (a callback is not partitioned across devices).
 
 Without oneDNN, 3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd
-F(2x2,3x3) and F(4x4,3x3) in jnp and jnp filter-gradient formulations (im2col GEMM, nine
-shifted GEMMs, split-K) were all slower than XLA's (benchmarks/conv.py). Everything else goes to `lax.conv_general_dilated` unchanged. On
-GPU/TPU nothing is rewritten (`cpu_kernels(platform)` is False there): the accelerators' own
-convolutions are the fast path.
+F(2x2,3x3) and jnp filter-gradient formulations were all slower than XLA's (benchmarks/conv.py);
+so were Winograd F(4x4,3x3) in jnp (1.0-5x slower, relative error up to 1.6e-5) and split-K
+filter-gradient GEMMs (measured once, not kept). Everything else goes
+to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten (`cpu_kernels(platform)`
+is False there): the accelerators' own convolutions are the fast path.
 
 `tune_cpu_allocator()` (called when `daclip_jax.models` is imported) keeps XLA CPU's freed
 buffers in the process heap instead of returning them to the OS and faulting them in again on

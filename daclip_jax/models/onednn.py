@@ -1,9 +1,10 @@
 """oneDNN's convolutions, called from XLA on CPU (issue 14).
 
-oneDNN (the library PyTorch's CPU convolutions run on) is faster than XLA's CPU convolution on
-every UNet layer shape we measured: the forward 1.3-2.3x (most at large images with few
-channels), and the filter gradient 1-5x (XLA computes it as a convolution whose window is the
-whole image). benchmarks/conv.py prints them side by side.
+oneDNN (the library PyTorch's CPU convolutions run on) computes the UNet's convolutions at
+about the machine's matmul rate. XLA's CPU filter gradient (a convolution whose window is the
+whole image) is 2-5x slower than oneDNN's at the first UNet levels; oneDNN's forward, timed
+alone, is 1.3-2.3x XLA's at large images with few channels (less when alternating with XLA
+work). benchmarks/conv.py prints them side by side, benchmarks/unet.py --ab the whole UNet.
 
 The library comes from the `onednn-cpu-gomp` wheel (Apache-2.0: a plain shared library,
 libdnnl.so.3, no Python API) and is driven through its C API with ctypes; JAX hands over its
