@@ -94,6 +94,17 @@ def _timeit(fn, repeats):
     return first, statistics.median(times), statistics.median(cpu)
 
 
+def _matmul_rate(matmul, n, repeats):
+    """GFLOP/s of the fastest of `repeats` calls of `matmul()` (an n x n product; after a warm-up)."""
+    matmul()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def matmul_gflops(n=2048, repeats=5):
     """The machine's float32 matmul rate right now (jax, n x n), GFLOP/s."""
     import jax
@@ -101,13 +112,7 @@ def matmul_gflops(n=2048, repeats=5):
 
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a))
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return _matmul_rate(lambda: jax.block_until_ready(f(a)), n, repeats)
 
 
 def _flops(compiled):
@@ -446,13 +451,7 @@ def torch_matmul_gflops(n=2048, repeats=5):
     import torch
 
     a = torch.from_numpy(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
-    a @ a
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return _matmul_rate(lambda: a @ a, n, repeats)
 
 
 def run_official(item, repeats, path, weights):
@@ -587,37 +586,25 @@ def main():
     flags = ["--ab"] * args.ab + ["--malloc-ab"] * args.malloc_ab
     rows = []
     for item in items:
-        out = subprocess.run([sys.executable, __file__, "--item", item, "--repeats", str(args.repeats),
-                              *flags], capture_output=True, text=True, env=os.environ)
-        line = [l for l in out.stdout.splitlines() if l.startswith("{")]
-        if out.returncode or not line:
-            print(f"{item}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(line[-1]))
-        r = rows[-1]
-        print(f"# {item}: {r['s']:.3f} s (first call {r.get('first_s', float('nan')):.1f} s), "
-              f"peak RSS {r['maxrss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+        r = _ours_row(item, args.repeats, flags)
+        if r is not None:
+            rows.append(r)
     print(f"\nConditionalUNet, CPU float32, {os.cpu_count()} cores (shared machine: noisy), {_convs()}. Official: "
           "performance.md side-by-side run (torch, 2 threads); demo items: issue 14's figure before.\n")
     print("| work | ours (wall) | cpu time | official | ratio | goal | matmul GFLOP/s now | "
           "GFLOP/call | GFLOP/s | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        off, goal = OFFICIAL.get(r["item"], (BEFORE.get(r["item"]), "-"))
-        ref = "" if r["item"] in OFFICIAL else " (before)"
-        ratio = f"{off / r['s']:.2f}x" if off else "-"
-        rss = f"{r['maxrss_gib']:.2f} GiB"
+        c = _cells(r)
+        rss = c["rss"]
         if r["item"] == "fwd512":
             rss += f" (official {OFFICIAL_RSS512} GiB, {OFFICIAL_RSS512 / r['maxrss_gib']:.2f}x less)"
-        print(f"| {TITLES[r['item']]} | {r['s']:.3f} s | {_fmt(r.get('cpu_s'))} s | "
-              f"{_fmt(off)} s{ref} | {ratio} | <= {goal} s | {r['matmul_gflops']:.0f} | "
-              f"{_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('gflops_per_s'), '.1f')} | {rss} |")
+        print(f"| {c['title']} | {c['official']} | {c['ratio']} | {c['rates']} | {rss} |")
     for r in rows:
-        pairs = sorted(k for k in r if k.startswith("[") and k.endswith("] s"))
-        if len(pairs) == 2:
-            (a, b) = [k[1:-3] for k in pairs]
+        names = [k[1:-3] for k in r if k.startswith("[") and k.endswith("] s")]
+        if len(names) >= 2:   # --ab / --malloc-ab variants, in the order they ran
             print(f"A/B {r['item']}: " + ", ".join(
-                f"[{n}] {r[f'[{n}] s']:.3f} s wall, {r[f'[{n}] cpu_s']:.3f} s cpu" for n in (a, b)))
+                f"[{n}] {r[f'[{n}] s']:.3f} s wall, {r[f'[{n}] cpu_s']:.3f} s cpu" for n in names))
 
 
 def _subprocess_row(cmd):
@@ -627,6 +614,30 @@ def _subprocess_row(cmd):
         print(f"{' '.join(cmd)}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(line[-1])
+
+
+def _ours_row(item, repeats, flags):
+    """Our item in its own process (its own peak RSS), reported on stderr as it finishes."""
+    r = _subprocess_row(["--item", item, "--repeats", str(repeats), *flags])
+    if r is not None:
+        print(f"# {item}: {r['s']:.3f} s (first call {r.get('first_s', float('nan')):.1f} s), "
+              f"peak RSS {r['maxrss_gib']:.2f} GiB", file=sys.stderr, flush=True)
+    return r
+
+
+def _cells(r):
+    """The table cells of one of our rows: title + our times, the performance.md (or before)
+    figure, its ratio, the rates, our peak RSS."""
+    off, goal = OFFICIAL.get(r["item"], (BEFORE.get(r["item"]), "-"))
+    ref = "" if r["item"] in OFFICIAL else " (before)"
+    return {
+        "title": f"{TITLES[r['item']]} | {r['s']:.3f} s | {_fmt(r.get('cpu_s'))} s",
+        "official": f"{_fmt(off)} s{ref}",
+        "ratio": f"{off / r['s']:.2f}x" if off else "-",
+        "rates": f"<= {goal} s | {r['matmul_gflops']:.0f} | {_fmt(r.get('gflop'), '.1f')} | "
+                 f"{_fmt(r.get('gflops_per_s'), '.1f')}",
+        "rss": f"{r['maxrss_gib']:.2f} GiB",
+    }
 
 
 def main_official(args):
@@ -639,12 +650,10 @@ def main_official(args):
         weights = os.path.join(tmp, "universal-ir.pth")
         subprocess.run([sys.executable, __file__, "--write-weights", weights], check=True)
         for item in items:
-            r = _subprocess_row(["--item", item, "--repeats", str(args.repeats), *flags])
+            r = _ours_row(item, args.repeats, flags)
             if r is None:
                 continue
             rows.append(r)
-            print(f"# {item}: {r['s']:.3f} s (first call {r.get('first_s', float('nan')):.1f} s), "
-                  f"peak RSS {r['maxrss_gib']:.2f} GiB", file=sys.stderr, flush=True)
             if item not in OFFICIAL_ITEMS:
                 continue
             p = _subprocess_row(["--item", item, "--repeats", str(args.repeats), "--official",
@@ -665,19 +674,15 @@ def main_official(args):
           "GFLOP/s | peak RSS | official peak RSS today |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        off, goal = OFFICIAL.get(r["item"], (BEFORE.get(r["item"]), "-"))
-        ref = "" if r["item"] in OFFICIAL else " (before)"
-        ratio = f"{off / r['s']:.2f}x" if off else "-"
-        rss = f"{r['maxrss_gib']:.2f} GiB"
+        c = _cells(r)
+        rss = c["rss"]
         if r["item"] == "fwd512":
             rss += f" (performance.md: official {OFFICIAL_RSS512} GiB)"
         p = pairs.get(r["item"], {})
         today = (f"{p['official_s']:.3f} s | {p['ours_s']:.3f} s | {p['ratio']:.2f}x" if p
                  else "- | - | -")
         off_rss = f"{p['official_maxrss_gib']:.2f} GiB" if p else "-"
-        print(f"| {TITLES[r['item']]} | {r['s']:.3f} s | {_fmt(r.get('cpu_s'))} s | {today} | "
-              f"{_fmt(off)} s{ref} | {ratio} | <= {goal} s | {r['matmul_gflops']:.0f} | "
-              f"{_fmt(r.get('gflop'), '.1f')} | {_fmt(r.get('gflops_per_s'), '.1f')} | {rss} | {off_rss} |")
+        print(f"| {c['title']} | {today} | {c['official']} | {c['ratio']} | {c['rates']} | {rss} | {off_rss} |")
     for item, p in pairs.items():
         print(f"{item}: parity max |ours - official| = {p['parity_max_abs_diff']:.2e} (max |official| "
               f"{p['parity_max_abs_ref']:.2f}); cpu per call official {_fmt(p['official_cpu_s'])} s, ours "
