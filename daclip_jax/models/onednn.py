@@ -206,7 +206,8 @@ class _Call:
 class Convolution:
     """`lax.conv_general_dilated(x, w, strides, padding, NHWC/HWIO/NHWC)` for one shape, in
     float32: `forward(x, w, y)`, `backward_data(dy, w, dx)` and `backward_weights(x, dy, dw)`
-    write their result into the last (NHWC / HWIO) array. Primitives are built on first use."""
+    write their result into the last (NHWC / HWIO) array; `out_shape` is y's NHWC shape.
+    Primitives are built on first use."""
 
     def __init__(self, x_shape, w_shape, strides, padding):
         lib, why = _load()
@@ -217,6 +218,7 @@ class Convolution:
         (pt, pb), (pl, pr) = padding
         oh = (h + pt + pb - kh) // strides[0] + 1
         ow = (w + pl + pr - kw) // strides[1] + 1
+        self.out_shape = (n, oh, ow, o)
         self.lib = lib
         self.x, self.y = _nhwc(lib, n, c, h, w), _nhwc(lib, n, o, oh, ow)
         self.w, self.w_any = _hwio(lib, o, c, kh, kw), lib.md((o, c, kh, kw))
