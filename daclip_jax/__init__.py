@@ -16,11 +16,16 @@ CLI start fast):
 import importlib
 
 from daclip_jax.labels import DEGRADATIONS
+from daclip_jax.platforms import prefer_cpu_without_chips
 # `preprocess` is both a submodule and the function it exports: bind the function eagerly, or
 # the first `import daclip_jax.preprocess` anywhere would replace it with the module.
 from daclip_jax.preprocess import preprocess
 
 __version__ = "0.1.0"
+
+# libtpu (the `tpu` extra) on a host without TPU chips: start on CPU directly instead of
+# probing for chips (platforms.py says what the probe costs)
+prefer_cpu_without_chips()
 
 # public name -> module that defines it
 _LAZY = {

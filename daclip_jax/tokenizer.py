@@ -58,6 +58,9 @@ def _clean(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip().lower()
 
 
+CONTEXT_LENGTH = 77   # CLIP's text context: every token row has this length
+
+
 class Tokenizer:
     """Byte-level BPE with open_clip's cleaning, split regex and special tokens.
 
@@ -193,7 +196,7 @@ class Tokenizer:
         text = "".join(self.decoder[int(i)] for i in ids)
         return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ")
 
-    def __call__(self, texts: str | Sequence[str], context_length: int = 77) -> np.ndarray:
+    def __call__(self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
         """(N, context_length) int32 rows [SOT] + ids + [EOT], zero padded.
 
         A row that does not fit keeps its first `context_length` ids and ends in EOT, so
@@ -215,6 +218,6 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer.from_bpe_gz()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = 77) -> np.ndarray:
+def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
     """`open_clip.tokenize`: (N, context_length) int32 token rows for a string or a list of strings."""
     return default_tokenizer()(texts, context_length)

@@ -66,6 +66,9 @@ def test_batch_layout_matches_the_contract(folder):
     assert set(b) == set(expect)
     for k, (shape, dtype) in expect.items():
         assert b[k].shape == shape and b[k].dtype == dtype, k
+    # what `daclip-jax compile` lowers the step for, without data, is this batch
+    spec = PL.example_spec(_cfg(folder))
+    assert {k: ((B, *shape), np.dtype(dtype)) for k, (shape, dtype) in spec.items()} == expect
     assert 0 <= b["lq"].min() and b["lq"].max() <= 1 and 0 <= b["gt"].min() and b["gt"].max() <= 1
     assert not np.array_equal(b["lq"], b["gt"])
     assert b["lq_clip"].min() < -0.5  # CLIP-normalised, not [0,1]

@@ -14,6 +14,7 @@ _VERBS = (
     "daclip_jax.cli.restore",    # restore
     "daclip_jax.cli.evaluate",   # evaluate
     "daclip_jax.cli.train",      # train, sweep, eval
+    "daclip_jax.cli.compile",    # compile (ahead of time, for a TPU topology)
     "daclip_jax.cli.data",       # data pack / preview
     "daclip_jax.cli.demo",       # demo
     "daclip_jax.cli.serve",      # serve (the web app)

@@ -374,6 +374,28 @@ class MakeExample:
         return example
 
 
+def example_spec(cfg) -> dict:
+    """``{key: (shape, dtype)}`` of one example as `MakeExample` yields it for data config
+    ``cfg``: what the train step is compiled for when there is no data at hand
+    (`daclip-jax compile`). tests/test_aot.py holds it to a real example."""
+    from daclip_jax.labels import DEGRADATIONS
+    from daclip_jax.tokenizer import CONTEXT_LENGTH
+
+    p, c = int(cfg["patch_size"]), int(cfg["clip_size"])
+    spec = {
+        "lq": ((p, p, 3), np.float32),
+        "gt": ((p, p, 3), np.float32),
+        "lq_clip": ((c, c, 3), np.float32),
+        "caption_tokens": ((CONTEXT_LENGTH,), np.int32),
+        "degradation_tokens": ((CONTEXT_LENGTH,), np.int32),
+        "degradation_multihot": ((len(DEGRADATIONS),), np.float32),
+        "degradation_index": ((), np.int32),
+    }
+    if cfg.get("clean_clip", True):
+        spec["clean_clip"] = ((c, c, 3), np.float32)
+    return spec
+
+
 class _EpochAndIndex:
     """Global stream position -> (epoch, record index); picklable for workers."""
 

@@ -22,7 +22,9 @@ F(2x2,3x3) and jnp filter-gradient formulations were all slower than XLA's (benc
 so were Winograd F(4x4,3x3) in jnp (1.0-5x slower, relative error up to 1.6e-5) and split-K
 filter-gradient GEMMs (measured once, not kept). Everything else goes
 to `lax.conv_general_dilated` unchanged. On GPU/TPU nothing is rewritten (`cpu_kernels(platform)`
-is False there): the accelerators' own convolutions are the fast path.
+is False there): the accelerators' own convolutions are the fast path. The platform is that of
+the devices the computation is traced for (the mesh in effect), not the host's default backend,
+so a TPU program cross-compiled on a CPU machine (`daclip-jax compile`) gets no CPU kernel.
 
 `tune_cpu_allocator()` (called when `daclip_jax.models` is imported) keeps XLA CPU's freed
 buffers in the process heap instead of returning them to the OS and faulting them in again on
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -51,16 +52,10 @@ _onednn_override: list[bool | None] = [None]
 
 
 def default_platform_is_cpu() -> bool:
-    """JAX's default platform, decided WITHOUT initialising a backend (that must wait for
-    `jax.distributed.initialize` in multi-process runs): the first of JAX_PLATFORMS if set,
-    else CPU unless an accelerator plugin (jax_plugins entry point, libtpu) is installed."""
-    platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
-    if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    from importlib.metadata import entry_points
-    from importlib.util import find_spec
-
-    return not entry_points(group="jax_plugins") and find_spec("libtpu") is None
+    """JAX's default platform is CPU, decided WITHOUT initialising a backend (that must wait for
+    `jax.distributed.initialize` in multi-process runs): see daclip_jax/platforms.py."""
+    from daclip_jax.platforms import default_platform_is_cpu as is_cpu
+    return is_cpu()
 
 
 def tune_cpu_allocator() -> bool:
@@ -73,11 +68,27 @@ def tune_cpu_allocator() -> bool:
     return tune_malloc()
 
 
+def traced_target() -> tuple[str, int]:
+    """(platform, device count) of the computation being traced.
+
+    The mesh in effect (`jax.set_mesh`, as the trainer and `daclip-jax compile` trace their
+    step) names the devices the program is compiled for; only without one do JAX's default
+    backend and its device count stand in. A TPU mesh traced on a CPU host (cross-compiling
+    with libtpu's topology devices) must get the TPU program, not the host's CPU kernels:
+    a buffer_callback does not lower for TPU at all."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    if device is not None:
+        return device.platform, mesh.size
+    return jax.default_backend(), jax.device_count()
+
+
 def cpu_kernels(platform: str | None = None) -> bool:
-    """Whether the CPU rewrites apply on `platform` (default: JAX's default backend)."""
+    """Whether the CPU rewrites apply on `platform` (default: the platform traced for,
+    `traced_target()`)."""
     if _override[0] is not None:
         return _override[0]
-    return (platform or jax.default_backend()) == "cpu"
+    return (platform or traced_target()[0]) == "cpu"
 
 
 @contextlib.contextmanager
@@ -137,10 +148,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def onednn_enabled() -> bool:
-    """oneDNN's convolutions are used: CPU rewrites on, oneDNN loaded, a single device."""
+    """oneDNN's convolutions are used: CPU rewrites on, oneDNN loaded, a single device
+    traced for (a callback is not partitioned across devices)."""
     if _onednn_override[0] is not None:
         return _onednn_override[0] and cpu_kernels() and onednn.available()
-    return cpu_kernels() and jax.device_count() == 1 and onednn.available()
+    platform, n_devices = traced_target()
+    return cpu_kernels(platform) and n_devices == 1 and onednn.available()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ preemption, TensorBoard and the console — lives here once.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import os
@@ -64,6 +65,13 @@ class Task(abc.ABC):
 
     def export(self, model: nnx.Module, path: str) -> None:
         """Write the trained model as a daclip-jax model dir (called on every process)."""
+
+    def batch_spec(self, global_batch: int) -> dict:
+        """``{key: jax.ShapeDtypeStruct}`` of a global batch as the data pipeline yields it (at
+        least ``batch_keys``): `daclip-jax compile` lowers the step for it without data."""
+        from daclip_jax.data.pipeline import example_spec
+        return {k: jax.ShapeDtypeStruct((global_batch, *shape), dtype)
+                for k, (shape, dtype) in example_spec(self.config.data).items()}
 
     # data: the grain pipeline of daclip_jax.data.pipeline.build_pipeline, unless a test or caller
     # overrides dataset()
@@ -133,6 +141,57 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+# ----------------------------------------------------------------------------- the step program
+
+@dataclasses.dataclass
+class StepProgram:
+    """What the trainer compiles, and how its inputs are laid out on the mesh.
+
+    Built from parameter *shapes* alone, so the trainer (real arrays) and `daclip-jax compile`
+    (abstract ones, for a TPU topology on any machine) get the same jitted step with the same
+    shardings: what compiles there is what runs here."""
+    tx: Any
+    schedule: Any
+    ema_cfg: Any
+    state_shardings: TrainState      # NamedSharding per leaf of the train state
+    frozen_shardings: Any            # NamedSharding per leaf of the frozen state
+    abstract_state: TrainState       # ShapeDtypeStructs carrying those shardings
+    abstract_frozen: Any
+    step: Any                        # jax.jit(step, ...): (state, frozen, batch) -> (state, metrics)
+
+    def abstract_batch(self, task: "Task", mesh, split: str = "train") -> dict:
+        """The global batch the step sees, as sharded ShapeDtypeStructs (what `to_global` makes)."""
+        spec = task.batch_spec(task.global_batch_size(split))
+        keys = task.batch_keys or tuple(spec)
+        return {k: jax.ShapeDtypeStruct(spec[k].shape, spec[k].dtype,
+                                        sharding=parallel.batch_sharding(mesh, len(spec[k].shape)))
+                for k in keys}
+
+
+def build_step_program(config, task: "Task", mesh, rules, graphdef, params, frozen) -> StepProgram:
+    """The optimiser, the shardings of state and frozen weights by ``rules``, and the jitted
+    train step, from ``params`` / ``frozen`` (arrays or ShapeDtypeStructs: only shapes are read)."""
+    tc = config.train
+    tx, schedule = optim.make_optimizer(tc)
+    ec = config.get("ema")
+    ema_cfg = ec if ec is not None and float(ec.get("decay", 0)) > 0 else None
+    rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    shape = jax.eval_shape(lambda p, r: TrainState(
+        step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+        ema=p if ema_cfg else None, rng=r), params, rng)
+    shardings = state_shardings(shape, tx, mesh, rules)
+    frozen_sh = parallel.tree_shardings(frozen, mesh, rules)
+    step_fn = make_train_step(graphdef, task.loss, tx, schedule,
+                              accum_steps=int(tc.get("accum_steps", 1)), ema_cfg=ema_cfg,
+                              project=task.project)
+    step = jax.jit(step_fn, in_shardings=(shardings, frozen_sh, None),
+                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    return StepProgram(tx=tx, schedule=schedule, ema_cfg=ema_cfg, state_shardings=shardings,
+                       frozen_shardings=frozen_sh,
+                       abstract_state=checkpointing.abstract_like(shape, shardings),
+                       abstract_frozen=checkpointing.abstract_like(frozen, frozen_sh), step=step)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -153,28 +212,18 @@ class Trainer:
         model = task.build_model(nnx.Rngs(int(config.get("seed", 0))))
         self.graphdef, params, frozen = nnx.split(model, task.trainable, ...)
         del model
-        self.frozen = parallel.put(frozen, parallel.tree_shardings(frozen, self.mesh, self.rules))
-        self.tx, self.schedule = optim.make_optimizer(tc)
-        ec = config.get("ema")
-        self.ema_cfg = ec if ec is not None and float(ec.get("decay", 0)) > 0 else None
-        params = parallel.put(params, parallel.tree_shardings(params, self.mesh, self.rules))
+        self.program = build_step_program(config, task, self.mesh, self.rules, self.graphdef,
+                                          params, frozen)
+        p = self.program
+        self.tx, self.schedule, self.ema_cfg = p.tx, p.schedule, p.ema_cfg
+        self.shardings, self.abstract_state = p.state_shardings, p.abstract_state
+        self.frozen = parallel.put(frozen, p.frozen_shardings)
+        params = parallel.put(params, p.state_shardings.params)
         rng = jax.random.key_data(jax.random.key(int(config.get("seed", 0)) + 1))
-        shape = jax.eval_shape(lambda p, r: TrainState(
-            step=jnp.zeros((), jnp.int32), params=p, opt_state=self.tx.init(p),
-            ema=p if self.ema_cfg else None, rng=r), params, rng)
-        self.shardings = state_shardings(shape, self.tx, self.mesh, self.rules)
         with jax.set_mesh(self.mesh):
             self.state = init_state(params, self.tx, rng, with_ema=self.ema_cfg is not None,
                                     shardings=self.shardings)
-        self.abstract_state = checkpointing.abstract_like(shape, self.shardings)
-
-        step_fn = make_train_step(self.graphdef, task.loss, self.tx, self.schedule,
-                                  accum_steps=int(tc.get("accum_steps", 1)), ema_cfg=self.ema_cfg,
-                                  project=task.project)
-        rep = parallel.replicated(self.mesh)
-        frozen_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
-        self._step = jax.jit(step_fn, in_shardings=(self.shardings, frozen_sh, None),
-                             out_shardings=(self.shardings, rep), donate_argnums=(0,))
+        self._step = p.step
 
         # data + checkpoints
         cc = config.get("ckpt", {})
