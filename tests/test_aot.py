@@ -205,3 +205,20 @@ def test_gpu_hosts_compile_where_the_cuda_plugin_is_installed(tmp_path):
     assert d["device_kind"] == "NVIDIA H100 80GB HBM3" and d["n_devices"] == 2 and d["fits"]
     assert d["flops"] > 0 and d["collectives"]["all-reduce"]["count"] >= 1
     assert not [t for t in d["custom_calls"] if "callback" in t.lower()]
+
+
+@pytest.mark.slow
+def test_accelerator_benchmark_runs_on_cpu_at_runlocal_size(tmp_path):
+    """benchmarks/accelerator.py must run unchanged on a GPU/TPU host; on CPU (CI) it takes the
+    recipes' runlocal sizes, and its step goes through the trainer's own Trainer."""
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, os.path.join(CONFIGS, "..", "benchmarks", "accelerator.py"),
+                        "--only", "daclip_b32,universal_ir", "--steps", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [x["recipe"] for x in rows] == ["daclip_b32", "universal_ir"]
+    for x in rows:
+        assert x["step_s"] > 0 and x["predicted_bytes"] > 0 and np.isfinite(x["loss"])
+        assert x["mfu"] is None   # no peak FLOP/s for a CPU
+    assert "| universal_ir | 4 |" in r.stdout
