@@ -43,7 +43,7 @@ COMMANDS = _commands()
 def test_readme_shows_the_main_verbs():
     verbs = {a[0] for a in COMMANDS if a}
     assert {"demo", "restore", "classify", "import", "export", "train", "eval", "sweep",
-            "data", "serve"} <= verbs
+            "data", "serve", "compile"} <= verbs
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])
@@ -53,7 +53,7 @@ def test_readme_command_parses(argv, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = build_parser().parse_args(argv)
     assert callable(args.func)
-    if argv[0] in ("train", "eval", "sweep"):
+    if argv[0] in ("train", "eval", "sweep", "compile"):
         from daclip_jax.train.configlib import apply_overrides, load_config
 
         config = apply_overrides(load_config(args.config), args.overrides)
