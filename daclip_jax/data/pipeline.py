@@ -60,7 +60,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source = ml_collections.ConfigDict()
     c.source.kind = "folder"        # folder | paired | csv | tfds | array_record
     c.source.path = ""              # folder root / paired root / CSV file / shard dir or file
-    c.source.root = ""              # csv: base for relative filepaths (default: the CSV's folder)
+    c.source.root = ""              # csv: base for relative filepaths ("": working dir, then CSV's folder)
     c.source.name = ""              # tfds: dataset name (e.g. "div2k" or "my_ds:1.0.0")
     c.source.data_dir = ""          # tfds: data_dir holding the prepared ArrayRecord dataset
     c.source.tfds_split = "train"   # tfds: split expression, e.g. "train[:90%]"
