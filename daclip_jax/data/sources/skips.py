@@ -45,7 +45,8 @@ class SkipReport:
     def count(self, stage: str | None = None) -> int:
         return sum(1 for s, _, _ in self.entries if stage is None or s == stage)
 
-    def summary(self) -> str:
+    def summary(self, listed: bool = True) -> str:
+        """'skipped N file(s): k× reason, ...', and where the list is when `listed`."""
         if not self.entries:
             return "no files skipped"
         reasons: dict[str, int] = {}
@@ -54,7 +55,7 @@ class SkipReport:
             key = r.split("(")[0].split(";")[0].strip(" :") or r  # the reason without its details
             reasons[key] = reasons.get(key, 0) + 1
         top = ", ".join(f"{n}× {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
-        where = f"; list in {self.path}" if self.path else ""
+        where = f"; list in {self.path}" if self.path and listed else ""
         return f"skipped {len(self.entries)} file(s): {top}{where}"
 
 
