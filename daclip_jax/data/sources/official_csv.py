@@ -85,7 +85,7 @@ class CsvSource(Source):
             raise NoUsableImagesError(f"csv {csv_path!r} does not exist")
         self.min_size = min_size
         self.skipped = skipped if skipped is not None else SkipReport()
-        self.items = []  # (lq, gt, caption, degradation)
+        self.items = []  # (lq, gt, caption, degradation, id)
         rows, missing = 0, None  # missing: (filepath, tried) of the first row whose LQ is nowhere
         all_missing = True
         with open(csv_path, newline="") as f:
@@ -114,8 +114,8 @@ class CsvSource(Source):
                 reason = check_pair(gt, lq, min_size, validate)
                 if reason:
                     self.skipped.add(lq, reason)
-                else:
-                    self.items.append((lq, gt, caption, degradation))
+                else:  # the id as the CSV names it: the held-out split is the same from anywhere
+                    self.items.append((lq, gt, caption, degradation, gt_path_for(filepath)))
         if rows and all_missing:
             raise NoUsableImagesError(_none_found_message(csv_path, rows, *missing, root))
         self._finish_index(repr(csv_path))
@@ -124,15 +124,15 @@ class CsvSource(Source):
         return len(self.items)
 
     def record_id(self, index):
-        return self.items[index][1]
+        return self.items[index][4]
 
     def describe(self, index):
         return self.items[index][0]
 
     def load(self, index):
-        lq_path, gt_path, caption, degradation = self.items[index]
+        lq_path, gt_path, caption, degradation, id_ = self.items[index]
         gt, lq = _read_pair(gt_path, lq_path, self.min_size)
-        rec = {"id": gt_path, "gt": gt, "lq": lq, "caption": caption}
+        rec = {"id": id_, "gt": gt, "lq": lq, "caption": caption}
         if degradation:
             rec["degradation"] = degradation
         return rec
