@@ -146,3 +146,62 @@ def test_data_captions_with_a_local_blip(layout, tmp_path, monkeypatch):
     assert kinds == DEGRADATIONS and all(captions)
     src = CsvSource("universal/daclip_val.csv")
     assert len(src) == 10 and not src.skipped and src[0]["caption"] == captions[0]
+
+
+def _cli(cwd, *argv, timeout=900):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run(["timeout", "-k", "5", str(timeout), sys.executable, "-c", ENTRY, *argv],
+                       cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout + r.stderr
+
+
+def _daclip(csv, workdir, *extra):
+    """The README's DA-CLIP command at runlocal size, on the official CSV."""
+    return ("train", "--config", f"{CFG}/daclip_vit_b32.py:runlocal", "--workdir", workdir,
+            "--config.data.source.kind=csv", f"--config.data.source.path={csv}",
+            "--config.eval.every=0", *extra)
+
+
+@pytest.fixture(scope="module")
+def daclip_run(layout):
+    """DA-CLIP trained on the pandas-written CSV, from the folder that holds datasets/."""
+    base, _ = layout
+    _cli(base, *_daclip("datasets/universal/daclip_train.csv", "runs/daclip"))
+    return os.path.join(base, "runs", "daclip")
+
+
+@pytest.mark.slow
+def test_daclip_trains_on_the_official_csv_with_every_row(layout, daclip_run, tmp_path):
+    base, rows = layout
+    assert os.path.isdir(os.path.join(daclip_run, "model"))
+    assert not os.path.exists(os.path.join(daclip_run, "skipped.txt"))   # nothing skipped
+    records = [json.loads(line) for line in open(os.path.join(daclip_run, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
+    # the CSV moved beside datasets/ and the run started elsewhere: found against the CSV's folder
+    shutil.copy(os.path.join(base, "datasets/universal/daclip_train.csv"), base)
+    os.makedirs(os.path.join(base, "elsewhere"), exist_ok=True)
+    _cli(os.path.join(base, "elsewhere"), *_daclip("../daclip_train.csv", str(tmp_path / "moved"),
+                                                   "--config.train.steps=1", "--config.export=false"))
+    assert not os.path.exists(tmp_path / "moved" / "skipped.txt")
+    from daclip_jax.data.sources import CsvSource
+    assert len(CsvSource(os.path.join(base, "daclip_train.csv"))) == len(rows["train"])
+
+
+@pytest.mark.slow
+def test_restorer_on_the_official_folders_then_evaluate_on_val(layout, daclip_run):
+    base, _ = layout
+    _cli(base, "train", "--config", f"{CFG}/universal_ir.py:runlocal", "--workdir", "runs/ir",
+         "--config.data.source.kind=paired", "--config.data.source.path=datasets/universal/train",
+         f"--config.model.daclip={daclip_run}/model", "--config.eval.every=0",
+         "--config.model.unet_overrides={'nf': 32, 'ch_mult': (1, 2)}")
+    assert not os.path.exists(os.path.join(base, "runs/ir/skipped.txt"))
+    out = _cli(base, "evaluate", "--daclip", "runs/daclip/model", "--unet", "runs/ir/model",
+               "--data", "datasets/universal/val", "--steps", "2", "--out", "runs/ir/val.json",
+               "--no-progress")
+    result = json.load(open(os.path.join(base, "runs/ir/val.json")))
+    assert len(result["images"]) == len(DEGRADATIONS)
+    assert "| all |" in out or "all" in out
