@@ -86,8 +86,7 @@ class CsvSource(Source):
         self.min_size = min_size
         self.skipped = skipped if skipped is not None else SkipReport()
         self.items = []  # (lq, gt, caption, degradation, id)
-        rows, missing = 0, None  # missing: (filepath, tried) of the first row whose LQ is nowhere
-        all_missing = True
+        rows, nowhere, first_nowhere = 0, 0, None  # rows whose LQ is in no place tried; the first
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f, delimiter=sep)
             fields = set(reader.fieldnames or ())
@@ -101,10 +100,10 @@ class CsvSource(Source):
                 tried = filepath_candidates(filepath, csv_path, root)
                 lq = next((p for p in tried if os.path.isfile(p)), None)
                 if lq is None:
-                    missing = missing or (filepath, tried)
+                    nowhere += 1
+                    first_nowhere = first_nowhere or (filepath, tried)
                     self.skipped.add(tried[0], f"no such file; tried {', '.join(tried)}")
                     continue
-                all_missing = False
                 caption, degradation = split_official_title(row[caption_key])
                 try:
                     gt = gt_path_for(lq)
@@ -116,8 +115,8 @@ class CsvSource(Source):
                     self.skipped.add(lq, reason)
                 else:  # the id as the CSV names it: the held-out split is the same from anywhere
                     self.items.append((lq, gt, caption, degradation, gt_path_for(filepath)))
-        if rows and all_missing:
-            raise NoUsableImagesError(_none_found_message(csv_path, rows, *missing, root))
+        if rows and nowhere == rows:
+            raise NoUsableImagesError(_none_found_message(csv_path, rows, *first_nowhere, root))
         self._finish_index(repr(csv_path))
 
     def __len__(self):
