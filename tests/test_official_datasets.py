@@ -10,13 +10,12 @@ import sys
 import tempfile
 
 import numpy as np
+import pandas as pd   # what the official generate_captions.py writes its CSV with
 import pytest
 from PIL import Image
 
 from daclip_jax.cli import main
 from daclip_jax.labels import DEGRADATIONS
-
-pd = pytest.importorskip("pandas")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "configs")
