@@ -50,7 +50,7 @@ def test_multislice_doubles_the_devices():
 
 @pytest.mark.parametrize("bad", ["v5e-7", "v9-8", "tpu", "v4-3"])
 def test_unknown_topologies_are_refused_with_the_known_sizes(bad):
-    with pytest.raises(ValueError, match="topology|slice"):
+    with pytest.raises(ValueError, match="topology"):
         aot.parse_topology(bad)
 
 
@@ -157,7 +157,7 @@ def test_compile_mistakes_are_one_line_errors(tmp_path):
     # 4 chips, a batch of 6 does not split over data=4
     r = _compile_cli(tmp_path, "--config", cfg, "--topology", "v5e:2x2",
                      "--config.train.batch_size=6", timeout=300)
-    assert r.returncode == 2 and "divisible" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "does not split" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_compile_without_libtpu_names_the_extra(monkeypatch):

@@ -140,6 +140,64 @@ def test_official_csv_source(tmp_path):
         S.gt_path_for("/d/x/a.png")
 
 
+def _official_csv(path, rows):
+    """The official CSV for `rows` [(filepath, title)]: tab-separated, as generate_captions.py."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("filepath\ttitle\n" + "".join(f"{p}\t{t}\n" for p, t in rows))
+    return str(path)
+
+
+def test_csv_filepaths_relative_to_the_working_directory_then_the_csv(tmp_path, monkeypatch):
+    # as generate_captions.py writes them: relative to the folder holding datasets/
+    make_paired(str(tmp_path / "datasets" / "universal" / "train"))
+    rows = [("datasets/universal/train/noisy/LQ/0001.png", "a cat: noisy"),
+            ("datasets/universal/train/hazy/LQ/0002.png", "a street: hazy")]
+    csv = _official_csv(tmp_path / "datasets" / "universal" / "daclip_train.csv", rows)
+    monkeypatch.chdir(tmp_path)
+    src = S.CsvSource(csv)
+    assert len(src) == 2 and not src.skipped
+    assert src.items[0][1] == str(tmp_path / "datasets/universal/train/noisy/GT/0001.png")
+    # run from elsewhere, the CSV's own folder is not where they are: one line, the fix in it
+    monkeypatch.chdir(tmp_path / "datasets")
+    with pytest.raises(S.NoUsableImagesError) as e:
+        S.CsvSource(csv)
+    msg = str(e.value)
+    assert "\n" not in msg and "none of its 2 image file(s) exists" in msg
+    assert str(tmp_path / "datasets/datasets/universal/train/noisy/LQ/0001.png") in msg
+    assert f"--config.data.source.root={tmp_path}" in msg
+    assert len(S.CsvSource(csv, root=str(tmp_path))) == 2
+    # a CSV moved next to its images: found beside it
+    moved = _official_csv(tmp_path / "elsewhere" / "daclip_train.csv",
+                          [("train/noisy/LQ/0001.png", "a cat: noisy")])
+    os.rename(tmp_path / "datasets" / "universal" / "train", tmp_path / "elsewhere" / "train")
+    assert len(S.CsvSource(moved)) == 1
+
+
+def test_csv_missing_and_unreadable_files_have_different_reasons(tmp_path, monkeypatch):
+    root = make_paired(str(tmp_path / "train"), names=("0001.png", "0002.png", "0003.png"))
+    with open(f"{root}/noisy/LQ/0002.png", "w") as f:
+        f.write("not an image")
+    os.remove(f"{root}/noisy/GT/0003.png")
+    csv = _official_csv(tmp_path / "daclip_train.csv", [
+        ("train/noisy/LQ/0001.png", "fine: noisy"),
+        ("train/noisy/LQ/0002.png", "unreadable LQ: noisy"),
+        ("train/noisy/LQ/0003.png", "no GT: noisy"),
+        ("train/noisy/LQ/gone.png", "no LQ: noisy")])
+    monkeypatch.chdir(tmp_path / "train")   # the working directory is tried first, then the CSV's folder
+    report = tmp_path / "work" / "skipped.txt"
+    src = S.CsvSource(csv, skipped=S.SkipReport(path=str(report)))
+    assert len(src) == 1
+    lines = dict(line.split("\t")[1:] for line in report.read_text().splitlines())
+    gone = str(tmp_path / "train/train/noisy/LQ/gone.png")
+    assert lines[gone] == f"no such file; tried {gone}, {tmp_path / 'train/noisy/LQ/gone.png'}"
+    unreadable = lines[str(tmp_path / "train/noisy/LQ/0002.png")]
+    assert unreadable.startswith("not a readable image")
+    no_gt = lines[str(tmp_path / "train/noisy/LQ/0003.png")]
+    assert no_gt == f"GT no such file; GT is {tmp_path / 'train/noisy/GT/0003.png'}"
+    assert "1× no such file" in src.skipped.summary() and "1× GT no such file" in src.skipped.summary()
+
+
 def test_make_source_dispatch_and_unknown_kind(tmp_path):
     import ml_collections
 

@@ -72,7 +72,7 @@ def test_pack_paired_keeps_lq_and_metadata_and_cli(tmp_path):
     assert sorted(r["degradation"] for r in recs) == ["noisy", "noisy", "rainy", "rainy"]
     for r in recs:
         np.testing.assert_allclose(r["lq"], 1.0 - r["gt"], atol=1e-6)
-    assert main(["data", "pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 1
+    assert main(["data", "pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2   # a mistake in the input: exit 2, as every verb
 
 
 def _tiny_builder_class():

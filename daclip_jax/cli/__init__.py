@@ -1,6 +1,7 @@
 """`daclip-jax` command line: one module per verb, each with `register(subparsers)`.
 
 A verb module adds its parser and sets `func=run` where `run(args) -> int` is the exit code.
+A mistake in what the user typed is answered with `error(msg)`: one line, exit code 2.
 """
 
 import argparse
@@ -19,6 +20,12 @@ _VERBS = (
     "daclip_jax.cli.demo",       # demo
     "daclip_jax.cli.serve",      # serve (the web app)
 )
+
+
+def error(msg) -> int:
+    """A mistake in the user's input: one line on stderr (what, where, what to do), exit code 2."""
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

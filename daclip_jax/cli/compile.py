@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from daclip_jax.cli import error
+
 
 def register(subparsers) -> None:
     from daclip_jax.cli.train import _OverrideParser
@@ -33,35 +35,30 @@ def register(subparsers) -> None:
     p.add_argument("--num-slices", type=int, default=1,
                    help="TPU slices joined by DCN (multi-slice), or GPU hosts")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the figures as JSON")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     p.set_defaults(func=run)
 
 
-def _error(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
-    from daclip_jax.train import aot
-    from daclip_jax.train.configlib import apply_overrides, load_config
+    from daclip_jax.cli.train import _config, _user_errors
+    from daclip_jax.train import aot, preflight
 
     try:
         topology = aot.parse_topology(args.topology, args.num_slices)
-    except ValueError as e:
-        return _error(f"{e} (--topology)")
-    try:
-        config = apply_overrides(load_config(args.config), args.overrides)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return _error(f"{e} (--config {args.config}); check the file and the --config.* overrides")
-    try:
+        config = _config(args)
         devices = aot.topology_devices(topology)
-    except (aot.LibtpuMissing, aot.CudaPluginMissing) as e:
-        return _error(str(e))
-    except Exception as e:   # libtpu refused the topology string
-        return _error(f"libtpu cannot describe {topology.libtpu_name!r} ({e}); "
-                      f"use a size listed by `daclip-jax compile --help`")
+        # the same checks as `train` (a mesh or batch that does not divide the devices)
+        preflight.check_devices(config, len(devices))
+    except (aot.LibtpuMissing, aot.CudaPluginMissing, *_user_errors()) as e:
+        if args.debug:
+            raise
+        return error(e)
+    except Exception as e:   # libtpu / the CUDA plugin refused the topology
+        if args.debug or "JaxRuntimeError" not in type(e).__name__:
+            raise
+        return error(f"--topology {args.topology}: {' '.join(str(e).split())[:300]}")
     label = f"{args.config} on {args.topology}" + (
-        f" x{args.num_slices} slices" if args.num_slices > 1 else "")
+        f" x{args.num_slices}" if args.num_slices > 1 else "")
     try:
         report = aot.compile_train_step(config, devices, config_name=args.config,
                                         topology=args.topology + (
@@ -72,8 +69,6 @@ def run(args) -> int:
             _write_json(args.json, dict(config=args.config, topology=args.topology,
                                         fits=False, error=str(e)))
         return 1
-    except ValueError as e:   # mesh / batch that do not divide the topology's devices
-        return _error(f"{e} ({label}); set --config.mesh.* or --config.train.batch_size")
     print(aot.format_report(report), flush=True)
     if args.json:
         _write_json(args.json, report.to_json())

@@ -1,4 +1,5 @@
-"""`daclip-jax data pack|preview`: pack sources into ArrayRecord shards; preview degradations."""
+"""`daclip-jax data pack|preview|captions`: pack sources into ArrayRecord shards; preview
+degradations; write the official captions CSV of a paired layout."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import sys
 
 import ml_collections
+
+from daclip_jax.cli import error
 
 
 def _source_config(spec: str, kind: str | None, *, min_size: int, label_key: str, data_dir: str):
@@ -41,7 +44,8 @@ def _source_config(spec: str, kind: str | None, *, min_size: int, label_key: str
 
 
 def register(subparsers):
-    p = subparsers.add_parser("data", help="pack data into ArrayRecord shards; preview degradations")
+    p = subparsers.add_parser("data", help="pack data into ArrayRecord shards; preview degradations; "
+                                           "write the captions CSV")
     sub = p.add_subparsers(dest="data_verb", metavar="ACTION")
     sub.required = True
 
@@ -73,12 +77,50 @@ def register(subparsers):
     pv.add_argument("--no-wild", action="store_true", help="omit the wild row")
     pv.set_defaults(func=run)
 
+    cp = sub.add_parser(
+        "captions", help="write ROOT/daclip_{train,val}.csv from the official paired layout",
+        description="Caption every GT image of ROOT/<split>/<degradation>/{LQ,GT}/ and write "
+                    "ROOT/daclip_<split>.csv as the official scripts/generate_captions.py does: "
+                    "tab-separated filepath (the LQ, relative to the working directory: run it "
+                    "where you will train) and title 'caption: degradation'.")
+    cp.add_argument("root", metavar="ROOT", help="the folder holding train/ and val/, e.g. datasets/universal")
+    cp.add_argument("--split", default="train,val", help="comma-separated splits (default train,val)")
+    src = cp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--captions", metavar="FILE",
+                     help="captions to use: CSV/TSV/JSON of GT path (or file name) -> caption, or an "
+                          "official daclip_*.csv")
+    src.add_argument("--blip", metavar="DIR", help="local BLIP checkpoint folder (transformers) to caption with")
+    src.add_argument("--template", nargs="?", const="a photo", metavar="TEXT",
+                     help="one caption for all, '{label}' standing for the file's name (default 'a photo')")
+    cp.add_argument("--resume", action="store_true", help="continue a half-written CSV")
+    cp.add_argument("--no-progress", dest="progress", action="store_false")
+    cp.set_defaults(func=run)
+
+
+def _captions(args) -> int:
+    from daclip_jax.data.caption_csv import caption_fn, official_rows, write_captions_csv
+
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    jobs = []   # check every split before captioning any
+    for split in splits:
+        out = os.path.join(args.root, f"daclip_{split}.csv")
+        if os.path.exists(out) and not args.resume:
+            return error(f"{out} exists: pass --resume to continue it, or delete it")
+        jobs.append((out, official_rows(args.root, split)))
+    caption = caption_fn(captions=args.captions, blip=args.blip, template=args.template)
+    for out, rows in jobs:
+        now = write_captions_csv(out, rows, caption, resume=args.resume, progress=args.progress)
+        print(f"wrote {out}: {len(rows)} row(s), {now} captioned now")
+    return 0
+
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from daclip_jax.data import sources as S
 
     try:
+        if args.data_verb == "captions":
+            return _captions(args)
         if args.data_verb == "pack":
             from daclip_jax.data.pack import pack
 
@@ -109,14 +151,11 @@ def run(args) -> int:
             kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) or DEGRADATIONS
             bad = [k for k in kinds if k not in DEGRADATIONS]
             if bad:
-                print(f"error: unknown degradation(s) {bad}; choose from {', '.join(DEGRADATIONS)}",
-                      file=sys.stderr)
-                return 2
+                return error(f"unknown degradation(s) {bad}; choose from {', '.join(DEGRADATIONS)}")
             write_preview(args.out, images, kinds=kinds, size=args.size, seed=args.seed,
                           mixture=not args.no_mixture, wild=not args.no_wild)
             print(f"wrote {args.out}")
             return 0
     except (S.NoUsableImagesError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return error(e)
     return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from daclip_jax.cli import error
+
 
 def register(subparsers) -> None:
     from daclip_jax.cli.restore import add_model_args, add_sampling_args
@@ -39,11 +41,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _error(msg) -> int:
-    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
     import jax
 
@@ -53,9 +50,9 @@ def run(args) -> int:
     from daclip_jax.eval.testset import find_test_pairs, mismatched_names
 
     if not args.identity and not (args.daclip and args.unet):
-        return _error("--daclip and --unet are required (or --identity to score the LQ images)")
+        return error("--daclip and --unet are required (or --identity to score the LQ images)")
     if jax.process_count() > 1:
-        return _error("evaluate runs in one process (over all of its local devices)")
+        return error("evaluate runs in one process (over all of its local devices)")
     crop_border = OFFICIAL_CROP_BORDER if args.crop_border is None else args.crop_border
     if args.crop_border is not None and args.crop_border != OFFICIAL_CROP_BORDER:
         print(f"note: --crop-border {crop_border} differs from the official protocol's "
@@ -64,7 +61,7 @@ def run(args) -> int:
     try:
         pairs = find_test_pairs(args.data)
     except (ValueError, OSError) as e:
-        return _error(e)
+        return error(e)
     odd = mismatched_names(pairs)
     if odd:
         print(f"note: {len(odd)} LQ/GT pair(s) have different file names (e.g. {odd[0].lq} and "
@@ -83,14 +80,14 @@ def run(args) -> int:
             from daclip_jax.models.lpips import load_lpips
             lpips_model = load_lpips(args.lpips)
     except (OSError, ValueError, ImportError) as e:
-        return _error(f"cannot load the models: {e}")
+        return error(f"cannot load the models: {e}")
     from daclip_jax.sampling import check_steps, parameterization_of
 
     if sde is not None:
         try:   # as `restore`: the net's parameterization came with it
             check_steps(args.steps, parameterization_of(unet), sde.T)
         except ValueError as e:
-            return _error(f"--steps {args.steps}: {e}")
+            return error(f"--steps {args.steps}: {e}")
 
     absolute = lambda p: os.path.abspath(p) if p else None   # noqa: E731
     settings = dict(data=absolute(args.data), daclip=absolute(args.daclip),
@@ -105,19 +102,19 @@ def run(args) -> int:
                     crop_border=crop_border, lpips=absolute(args.lpips))
     if args.resume:
         if not os.path.isfile(args.out):
-            return _error(f"--resume: {args.out} does not exist")
+            return error(f"--resume: {args.out} does not exist")
         try:
             result = R.load_result(args.out)
         except (OSError, ValueError) as e:
-            return _error(e)
+            return error(e)
         changed = sorted(k for k in set(settings) | set(result["settings"])
                          if settings.get(k) != result["settings"].get(k))
         if changed:
-            return _error(f"--resume: {args.out} was made with other settings ({', '.join(changed)})")
+            return error(f"--resume: {args.out} was made with other settings ({', '.join(changed)})")
         print(f"resuming: {len(result['images'])} of {len(pairs)} images already scored", file=sys.stderr)
     else:
         if os.path.exists(args.out):
-            return _error(f"{args.out} exists: pass --resume to continue it, or another --out")
+            return error(f"{args.out} exists: pass --resume to continue it, or another --out")
         result = R.new_result(settings)
 
     restorer = None

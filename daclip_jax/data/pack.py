@@ -68,7 +68,7 @@ def _file_paths(source, index: int) -> tuple[str | None, str | None]:
         _, gt, lq = src.items[index]
         return gt, lq
     if isinstance(src, S.CsvSource):
-        lq, gt, _, _ = src.items[index]
+        lq, gt = src.items[index][:2]
         return gt, lq
     return None, None
 

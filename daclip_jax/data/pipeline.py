@@ -60,7 +60,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source = ml_collections.ConfigDict()
     c.source.kind = "folder"        # folder | paired | csv | tfds | array_record
     c.source.path = ""              # folder root / paired root / CSV file / shard dir or file
-    c.source.root = ""              # csv: base for relative filepaths (default: the CSV's folder)
+    c.source.root = ""              # csv: base for relative filepaths ("": working dir, then CSV's folder)
     c.source.name = ""              # tfds: dataset name (e.g. "div2k" or "my_ds:1.0.0")
     c.source.data_dir = ""          # tfds: data_dir holding the prepared ArrayRecord dataset
     c.source.tfds_split = "train"   # tfds: split expression, e.g. "train[:90%]"
@@ -423,11 +423,20 @@ def index_dataset(n: int, *, seed: int, shuffle: bool = True, num_epochs: int | 
     return ds[process_index::process_count]
 
 
-def build_source(data_cfg, *, split: str = "train"):
-    """The (split, bad-file-safe) source the pipeline reads; also reports skipped files."""
+def build_source(data_cfg, *, split: str = "train", report: bool = True):
+    """The (split, bad-file-safe) source the pipeline reads; also reports skipped files.
+
+    With `data_cfg.workdir` set, the train split's skips go to `workdir/skipped.txt`, started
+    anew (the val split indexes the same files, at every evaluation); `report=False` (every
+    process but the first) writes nothing.
+    """
     from daclip_jax.data import sources as S
 
-    report_path = os.path.join(data_cfg.workdir, "skipped.txt") if data_cfg.get("workdir") else None
+    report_path = None
+    if data_cfg.get("workdir") and split == "train" and report:
+        report_path = os.path.join(data_cfg.workdir, "skipped.txt")
+        if os.path.exists(report_path):
+            os.remove(report_path)
     skipped = S.SkipReport(path=report_path)
     src_cfg = ml_collections.ConfigDict(data_cfg.source.to_dict())
     if data_cfg.get("small_images", "upscale") == "skip":
@@ -467,7 +476,7 @@ def build_pipeline(data_cfg, *, split: str = "train", seed: int = 0, global_batc
     per_process = global_batch_size // process_count
 
     if source is None:
-        source = build_source(data_cfg, split=split)
+        source = build_source(data_cfg, split=split, report=process_index == 0)
     n = len(source)
     train = split == "train"
     epochs = data_cfg.get("num_epochs", -1)

@@ -30,6 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from daclip_jax.train.configlib import ConfigError
+
 GiB = 1024 ** 3
 
 
@@ -112,7 +114,7 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
     if gpu:
         per_host = int(gpu.group(2))
         if not 1 <= per_host <= 8:
-            raise ValueError(f"{name!r}: 1 to 8 GPUs per host; more hosts with --num-slices")
+            raise ConfigError(f"--topology {name}: 1 to 8 GPUs per host; more hosts with --num-slices")
         return Topology(name, f"1x{num_slices}x{per_host}", _GPU_TARGETS[gpu.group(1)], 1, "gpu")
     if ":" in name:
         gen = name.split(":")[0]
@@ -120,15 +122,15 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
         return Topology(name, name, "megacore" if megacore else "default", num_slices)
     m = re.fullmatch(r"(v\w+?)-(\d+)", name)
     if not m or m.group(1) not in _GENERATIONS:
-        raise ValueError(f"unknown TPU topology {name!r}; use e.g. v5e-8, v5e-16, v4-8, v5p-32, "
-                         f"v6e-8 or libtpu's form v5e:2x4")
+        raise ConfigError(f"--topology {name}: not a TPU slice or GPU host; use e.g. v5e-8, v5e-16, v4-8, v5p-32, "
+                         f"v6e-8, libtpu's form v5e:2x4, or h100-8")
     prefix, three_d, megacore = _GENERATIONS[m.group(1)]
     count = int(m.group(2))
     chips = count // 2 if megacore else count
     table = _TORUS_3D if three_d else _TORUS_2D
     if chips not in table:
         sizes = sorted(k * 2 if megacore else k for k in table)
-        raise ValueError(f"no {m.group(1)} slice of {count}; known sizes: {sizes}")
+        raise ConfigError(f"--topology {name}: no {m.group(1)} slice of {count}; known sizes: {sizes}")
     return Topology(name, f"{prefix}:{table[chips]}", "megacore" if megacore else "default",
                     num_slices)
 

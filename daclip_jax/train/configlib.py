@@ -17,6 +17,25 @@ from typing import Any, Iterable
 import ml_collections
 
 
+class ConfigError(ValueError):
+    """A config file, config arg or ``--config`` override that cannot be used as given.
+
+    The training verbs print it as one line, without a traceback, so the message says what is
+    wrong, where, and what to do.
+    """
+
+    def __str__(self):  # a KeyError subclass would otherwise print its message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An override names a field the config does not have."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An override's value does not fit its field's type."""
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """``"runlocal,batch=16"`` -> {runlocal: True, batch: 16, ...defaults}; values keep
     the type of their default (a bare name means True)."""
@@ -24,10 +43,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         key, eq, raw = item.partition("=")
         if key not in defaults:
-            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+            raise ConfigError(f"unknown config arg {key!r} (after the config file's ':'); "
+                              f"known: {', '.join(sorted(defaults))}")
         value = True if not eq else _literal(raw)
         if defaults[key] is not None and not isinstance(defaults[key], bool) and eq:
-            value = type(defaults[key])(value)
+            kind = type(defaults[key])
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ConfigError(f"config arg {key}={raw!r}: expected {kind.__name__} "
+                                  f"(default {defaults[key]!r})") from None
         out[key] = value
     return ml_collections.ConfigDict(out)
 
@@ -40,9 +65,10 @@ def _literal(raw: str) -> Any:
 
 
 def _load_module(path: str):
-    path = os.path.abspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} not found")
+        raise ConfigError(f"config file {path} not found (--config); give a config file such "
+                          f"as configs/daclip_vit_b32.py, optionally with :ARG")
+    path = os.path.abspath(path)
     spec = importlib.util.spec_from_file_location(f"_daclip_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -58,6 +84,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """``"configs/x.py:runlocal"`` -> the config."""
     path, arg = split_spec(spec)
     module = _load_module(path)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config(arg) (--config)")
     return module.get_config(arg)
 
 
@@ -75,12 +103,17 @@ def set_override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
     the existing field's type (int/float/bool/tuple/None via Python literals)."""
     *parents, leaf = dotted.split(".")
     node = config
-    for p in parents:
-        if p not in node:
-            raise KeyError(f"--config.{dotted}: no field {p!r}")
+    for i, p in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+            raise ConfigKeyError(f"--config.{dotted}: no field {'.'.join(parents[:i + 1])!r} "
+                                 f"in the config; check the spelling against the config file")
         node = node[p]
+    if not isinstance(node, ml_collections.ConfigDict):
+        raise ConfigKeyError(f"--config.{dotted}: {'.'.join(parents)!r} is a value, not a group")
     if leaf not in node:
-        raise KeyError(f"--config.{dotted}: no field {leaf!r} (known: {sorted(node.keys())})")
+        group = ".".join(parents) or "the config"
+        raise ConfigKeyError(f"--config.{dotted}: no field {leaf!r} in {group} "
+                             f"(known: {', '.join(sorted(node.keys()))})")
     if isinstance(value, str):
         old = node[leaf]
         if isinstance(old, str):
@@ -88,7 +121,7 @@ def set_override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
         elif isinstance(old, bool):
             low = value.lower()
             if low not in ("true", "false", "1", "0"):
-                raise ValueError(f"--config.{dotted}: expected a bool, got {value!r}")
+                raise ConfigTypeError(f"--config.{dotted}={value}: expected a bool (true/false)")
             value = low in ("true", "1")
         else:
             value = _literal(value)
@@ -96,10 +129,12 @@ def set_override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
                 value = float(value)
     if isinstance(node[leaf], tuple) and isinstance(value, list):
         value = tuple(value)
+    old = node[leaf]
     try:
         node[leaf] = value
-    except TypeError as e:
-        raise TypeError(f"--config.{dotted}={value!r}: {e}") from None
+    except TypeError:
+        raise ConfigTypeError(f"--config.{dotted}={value!r}: {dotted} takes a value of type "
+                              f"{type(old).__name__} (now {old!r})") from None
 
 
 def parse_overrides(argv: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -112,7 +147,7 @@ def parse_overrides(argv: Iterable[str]) -> tuple[list[tuple[str, str]], list[st
             key, eq, value = a[len("--config."):].partition("=")
             if not eq:
                 if i + 1 >= len(argv):
-                    raise ValueError(f"{a} needs a value")
+                    raise ConfigError(f"{a} needs a value: {a}=VALUE")
                 value = argv[i + 1]
                 i += 1
             overrides.append((key, value))

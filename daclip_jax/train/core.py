@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -396,7 +397,15 @@ def train(config, workdir: str, task: Task | None = None, *, resume: str = "late
     parallel.initialize_distributed(dc.get("coordinator_address"), dc.get("num_processes"),
                                     dc.get("process_id"))
     task = task or get_task(config.task)(config)
-    trainer = Trainer(config, workdir, task, resume=resume, dataset_fn=dataset_fn)
+    if "data" in config and not config.data.get("workdir"):
+        config.data.workdir = workdir  # the files the data skipped are listed in the run
+    fresh = not os.path.exists(workdir)
+    try:
+        trainer = Trainer(config, workdir, task, resume=resume, dataset_fn=dataset_fn)
+    except BaseException:
+        if fresh and parallel.is_main_process():  # a run that never started leaves no workdir
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         if parallel.is_main_process():
             os.makedirs(trainer.workdir, exist_ok=True)

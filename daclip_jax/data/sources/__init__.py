@@ -18,7 +18,8 @@ only the patch, so a 2K photo is never converted to float as a whole; `source[i]
 Sources:
     ImageFolderSource   a folder of clean images (recursive); LQ synthesised on the fly.
     PairedFolderSource  the official layout root/<degradation>/{LQ,GT}/<name> with real pairs.
-    CsvSource           the official daclip_train.csv (tab-separated filepath/title="caption: degradation").
+    CsvSource           the official daclip_train.csv (tab-separated filepath/title="caption: degradation");
+                        relative filepaths as the official trainer opens them (see `filepath_candidates`).
     TfdsSource          any TFDS dataset prepared as ArrayRecord, via `tfds.data_source` (no TensorFlow).
     ArrayRecordSource   our own shards written by `daclip_jax.data.pack`.
     CachedSource        a bounded in-memory LRU of decoded (compact) records around any source.

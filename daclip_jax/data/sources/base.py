@@ -51,9 +51,9 @@ class Source:
         return self.record_id(index)
 
     def _finish_index(self, what: str):
-        if self.skipped:
-            log.warning("%s %s: %s", self.name, what, self.skipped.summary())
-        if len(self) == 0:
+        if len(self) == 0:  # one line says it all; the list goes with the workdir of a failed run
             raise NoUsableImagesError(
                 f"{self.name} {what}: no usable images"
-                + (f" ({self.skipped.summary()})" if self.skipped else ""))
+                + (f" ({self.skipped.summary(listed=False)})" if self.skipped else ""))
+        if self.skipped:
+            log.warning("%s %s: %s", self.name, what, self.skipped.summary())

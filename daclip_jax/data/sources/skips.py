@@ -45,21 +45,24 @@ class SkipReport:
     def count(self, stage: str | None = None) -> int:
         return sum(1 for s, _, _ in self.entries if stage is None or s == stage)
 
-    def summary(self) -> str:
+    def summary(self, listed: bool = True) -> str:
+        """'skipped N file(s): k× reason, ...', and where the list is when `listed`."""
         if not self.entries:
             return "no files skipped"
         reasons: dict[str, int] = {}
         for _, where, reason in self.entries:
             r = reason[len(where) + 2:] if reason.startswith(where + ": ") else reason
-            key = r.split("(")[0].strip(" :") or r
+            key = r.split("(")[0].split(";")[0].strip(" :") or r  # the reason without its details
             reasons[key] = reasons.get(key, 0) + 1
         top = ", ".join(f"{n}× {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
-        where = f"; list in {self.path}" if self.path else ""
+        where = f"; list in {self.path}" if self.path and listed else ""
         return f"skipped {len(self.entries)} file(s): {top}{where}"
 
 
 def check_header(path: str, min_size: int) -> str | None:
     """Cheap validity check (reads the header only). Returns None if OK, else the reason."""
+    if not os.path.isfile(path):  # a missing file is not an unreadable one: the fix differs
+        return "no such file"
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
@@ -73,7 +76,9 @@ def check_header(path: str, min_size: int) -> str | None:
 
 
 def check_pair(gt: str, lq: str, min_size: int, validate: str) -> str | None:
-    """Index-time check of a (GT, LQ) pair: the GT must be big enough, the LQ readable."""
+    """Index-time check of a (GT, LQ) pair: the GT must be big enough, the LQ readable.
+    The pair is reported under its LQ, so a GT problem names the GT."""
     if validate != "header":
         return None
-    return check_header(gt, min_size) or check_header(lq, 0)
+    reason = check_header(gt, min_size)
+    return f"GT {reason}; GT is {gt}" if reason else check_header(lq, 0)
