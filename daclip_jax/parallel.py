@@ -97,10 +97,25 @@ def mesh_shape(axes: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(axes: Mapping[str, int] | None = None, devices=None) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh over all (global) devices, Auto axis types."""
+    """A ``(data, fsdp, tensor)`` mesh over all (global) devices, Auto axis types.
+
+    Devices of several TPU slices (multi-slice, joined by the data-centre network) get a
+    hybrid mesh: the slices split the ``data`` axis (its outer part crosses DCN: one gradient
+    all-reduce per step), while ``fsdp`` and ``tensor``, whose collectives run every layer,
+    stay inside a slice on its fast interconnect."""
     devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(dict(axes or {"data": -1}), len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    types = (AxisType.Auto,) * len(AXES)
+    n_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if n_slices == 1:
+        return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
+    if shape[0] % n_slices:
+        raise ValueError(f"mesh {dict(zip(AXES, shape))} over {n_slices} slices: the data axis "
+                         f"({shape[0]}) must be a multiple of the slice count")
+    from jax.experimental import mesh_utils
+    ici = (shape[0] // n_slices, *shape[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(ici, (n_slices, 1, 1), devices)
+    return Mesh(grid, AXES, axis_types=types)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

@@ -46,6 +46,14 @@ def test_multislice_doubles_the_devices():
     _libtpu()
     devices = aot.topology_devices(aot.parse_topology("v5e-8", num_slices=2))
     assert len(devices) == 16 and {d.slice_index for d in devices} == {0, 1}
+    # the hybrid mesh: the slices split `data` (one gradient all-reduce crosses DCN); fsdp and
+    # tensor stay inside a slice
+    from daclip_jax import parallel
+    mesh = parallel.make_mesh({"data": 2, "fsdp": -1}, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert [{d.slice_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+    with pytest.raises(ValueError, match="multiple of the slice count"):
+        parallel.make_mesh({"data": 1, "fsdp": -1}, devices)
 
 
 @pytest.mark.parametrize("bad", ["v5e-7", "v9-8", "tpu", "v4-3"])

@@ -153,9 +153,18 @@ def topology_devices(topology: Topology) -> list:
         raise LibtpuMissing("libtpu is not installed; install the `tpu` extra: "
                             "pip install 'daclip-jax[tpu]'") from e
     import os
+
+    from daclip_jax.platforms import tpu_chips_present
     # A compile never touches the chips: don't let a training run on this host (which holds
     # libtpu's process lock) stop it from describing them.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not tpu_chips_present():
+        # no TPU VM around us: libtpu would ask the GCE metadata server what it runs on and print
+        # a screen of warnings; these describe "one host, no chips" (the topology to compile
+        # for is passed explicitly below and does not depend on them)
+        for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                           ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("TPU_HOST_BOUNDS", "1,1,1")):
+            os.environ.setdefault(key, value)
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(
         platform="tpu", topology_name=topology.libtpu_name, chip_config_name=topology.chip_config,
