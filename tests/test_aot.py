@@ -140,9 +140,10 @@ def test_runlocal_restoration_recipe_compiles_for_v5e_2x2(tmp_path):
     assert d["memory"]["argument"] > 0 and d["memory"]["temp"] > 0 and d["flops"] > 0
     # no host callback (oneDNN) or other custom call of ours in the TPU program
     assert not [t for t in d["custom_calls"] if "callback" in t.lower() or "python" in t.lower()]
-    # data parallelism: the gradients (12 M trained parameters) are all-reduced across the chips
+    # data parallelism: the float32 gradients of the 12 M trained parameters are all-reduced
+    # across the chips (all but the few parameters this config's forward leaves unused)
     assert d["collectives"]["all-reduce"]["count"] >= 1
-    assert d["collectives"]["all-reduce"]["bytes"] >= 4 * d["params"]
+    assert 0.95 * 4 * d["params"] <= d["collectives"]["all-reduce"]["bytes"] <= 1.1 * 4 * d["params"]
     assert "fits" in r.stdout and "roofline bound" in r.stdout and "all-reduce" in r.stdout
 
 
