@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 
 import jax
@@ -46,6 +47,8 @@ from jax import lax
 from daclip_jax.models import onednn
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
+_NHWC_NAMES = ("NHWC", "HWIO", "NHWC")
+_log = logging.getLogger(__name__)
 _override: list[bool | None] = [None]
 _onednn_override: list[bool | None] = [None]
 
@@ -97,7 +100,7 @@ def _is_nhwc(dimension_numbers) -> bool:
     if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
         return (tuple(dimension_numbers.lhs_spec), tuple(dimension_numbers.rhs_spec),
                 tuple(dimension_numbers.out_spec)) == _NHWC
-    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+    return tuple(dimension_numbers) == _NHWC_NAMES
 
 
 def _trivial(seq) -> bool:
@@ -129,7 +132,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             if isinstance(padding, str):
                 padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
             pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-            return onednn_conv(lhs, rhs, strides, pads)
+            why = onednn.check(lhs.shape, rhs.shape, strides, pads)   # at trace time
+            if why is None:
+                return onednn_conv(lhs, rhs, strides, pads)
+            _log.debug("XLA's convolution for %s * %s, strides %s, padding %s: %s",
+                       lhs.shape, rhs.shape, strides, pads, why)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision=precision, preferred_element_type=preferred_element_type,
@@ -154,13 +161,14 @@ def force_onednn(enabled: bool | None):
         _onednn_override[0] = prev
 
 
-def _callback(method, out_shape, *args):
-    """`method(*numpy views of args, numpy view of the output)` as an XLA op, without copies."""
+def _callback(which, out_shape, *args, key):
+    """oneDNN's `which` direction of the convolution `key` on `args` as an XLA op, writing
+    into XLA's output buffer (no copies)."""
     from jax.experimental.buffer_callback import buffer_callback
 
     def run(ctx, out, *bufs):
         del ctx
-        method(*(np.asarray(b) for b in bufs), np.asarray(out))
+        onednn.run(which, *key, *(np.asarray(b) for b in bufs), np.asarray(out))
 
     return buffer_callback(run, jax.ShapeDtypeStruct(out_shape, jnp.float32),
                            vmap_method="sequential")(*args)
@@ -168,20 +176,27 @@ def _callback(method, out_shape, *args):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv(x, w, strides, padding):
-    """NHWC/HWIO float32 convolution (no dilation, no groups) computed by oneDNN; its gradients too."""
+    """NHWC/HWIO float32 convolution (no dilation, no groups) computed by oneDNN; its gradients
+    too, or XLA's where oneDNN refuses a backward descriptor (checked when the VJP is traced)."""
     return _onednn_forward(x, w, strides, padding)[0]
 
 
 def _onednn_forward(x, w, strides, padding):
-    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
-    return _callback(conv.forward, conv.out_shape, x, w), (x, w)
+    key = (tuple(x.shape), tuple(w.shape), strides, padding)
+    return _callback("forward", onednn.out_shape(*key), x, w, key=key), (x, w)
 
 
 def _onednn_backward(strides, padding, res, dy):
     x, w = res
-    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
-    return (_callback(conv.backward_data, x.shape, dy, w),
-            _callback(conv.backward_weights, w.shape, x, dy))
+    key = (tuple(x.shape), tuple(w.shape), strides, padding)
+    why = onednn.check(*key, "backward_data") or onednn.check(*key, "backward_weights")
+    if why is None:
+        return (_callback("backward_data", x.shape, dy, w, key=key),
+                _callback("backward_weights", w.shape, x, dy, key=key))
+    _log.debug("XLA's convolution gradients for %s: %s", key, why)
+    _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, strides, padding,
+                                                           dimension_numbers=_NHWC_NAMES), x, w)
+    return vjp(dy)
 
 
 onednn_conv.defvjp(_onednn_forward, _onednn_backward)
