@@ -35,6 +35,7 @@ that process and their ratio, next to performance.md's figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -171,7 +172,8 @@ def _case(item, graphdef, params, sde, cfg):
                 eps = nnx.merge(graphdef, p)(xt, lq, t.astype(jnp.float32), txt, img)
                 return sde.loss(eps, xt, gt, lq, t)
 
-            @jax.jit
+            # params, optimizer state and EMA donated, as the trainer (train/core.py) donates its state
+            @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
             def step(p, opt_state, ema, key, i):
                 loss, g = jax.value_and_grad(loss_fn)(p, key)
                 upd, opt_state = tx.update(g, opt_state, p)
@@ -182,7 +184,7 @@ def _case(item, graphdef, params, sde, cfg):
                 return p, opt_state, ema, loss
             return step
 
-        return make, (params, tx.init(params), params, jax.random.key(0), 1)
+        return make, (params, tx.init(params), jax.tree.map(jnp.copy, params), jax.random.key(0), 1)
     size = {"api256": (256, 256), "fwd256": (256, 256), "fwd512": (512, 512),
             "demo256": (256, 256), "demo512x608": (512, 608)}[item]
     x = jnp.asarray(rng.uniform(size=(1, *size, 3)), jnp.float32)
@@ -247,8 +249,10 @@ def run_item(item, repeats, ab=False, malloc_ab=False):
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         res["gflop"] = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
         variants = _variants(ab, malloc_ab)
-        state = {name: list(args) for name in fns}
         is_train = item.startswith("train") or item == "demotrain"
+        # a training step donates its state: every variant after the first gets its own copy
+        state = {name: list(args) if not (i and is_train)
+                 else [*jax.tree.map(jnp.copy, args[:3]), *args[3:]] for i, name in enumerate(fns)}
 
         def call(name):
             if variants[name][1] is not None:

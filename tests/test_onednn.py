@@ -98,6 +98,39 @@ def test_same_primitive_from_many_threads_200_calls_identical():
     assert _threads() <= baseline, (baseline, _threads())   # no OpenMP team per calling thread
 
 
+def _rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_cache_stays_within_budget_over_50_image_sizes(monkeypatch):
+    """The convolutions a UNet forward runs (7x7 init_conv, 3x3, 4x4 stride-2 Downsample, 3x3
+    at half size) at 50 image sizes, as `restore` / `serve` meet them; called directly
+    (compiling 50 UNets would take minutes). The budget (1 MiB here) is what
+    DACLIP_ONEDNN_CACHE_MB sets."""
+    _require_onednn()
+    onednn.clear_cache()
+    lib = onednn._library()
+    monkeypatch.setattr(lib, "budget", 1 << 20)
+    pad = ((1, 1), (1, 1))
+    rss = []
+    for s in range(32, 132, 2):
+        for key in [((1, s, s, 3), (7, 7, 3, 16), (1, 1), ((3, 3), (3, 3))),
+                    ((1, s, s, 16), (3, 3, 16, 16), (1, 1), pad),
+                    ((1, s, s, 16), (4, 4, 16, 32), (2, 2), pad),
+                    ((1, s // 2, s // 2, 32), (3, 3, 32, 32), (1, 1), pad)]:
+            x, w = np.ones(key[0], np.float32), np.ones(key[1], np.float32)
+            onednn.run("forward", *key, x, w, np.empty(onednn.out_shape(*key), np.float32))
+            assert onednn.cache_info()["nbytes"] <= lib.budget
+        rss.append(_rss())
+    info = onednn.cache_info()
+    assert 0 < info["entries"] < 50 * 4 and info["arena_bytes"] < 4 << 20
+    # growth after the first ten sizes: the arena growing with the image (< 4 MiB) and
+    # allocator noise; without the budget it was 23 MiB (~60 KiB per primitive)
+    assert rss[-1] - rss[9] < 8 << 20, (rss[9], rss[-1])
+    onednn.clear_cache()
+    assert onednn.cache_info()["entries"] == 0
+
+
 def _conv_and_grads(padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(1, 9, 10, 4)), jnp.float32)
