@@ -53,7 +53,9 @@ OFFICIAL = {
     "api256": (1.40, "0.9"), "fwd256": (1.40, "0.9"), "fwd512": (10.8, "7"),
     "train2": (1.56, "1.05"), "train4": (3.19, "2.1"), "sample256": (150.0, "100"),
 }
-OFFICIAL_RSS512 = 3.26   # GiB, official UNet forward at 512^2 (goal <= 1.7)
+# peak RSS (GiB) of the official code: forward 512^2, performance.md (goal <= 1.7); training step
+# 2 x 128^2, `--official` on 2026-12-06 (issue 20; the same run gave ours 4.14)
+OFFICIAL_RSS = {"fwd512": 3.26, "train2": 1.82}
 BEFORE = {"demo256": 0.57, "demo512x608": 7.9}   # issue 14, daclip-jax before (quiet machine)
 ITEMS = ("api256", "fwd256", "fwd512", "train2", "train4", "sample256", "demo256", "demo512x608",
          "demotrain")
@@ -601,8 +603,9 @@ def main():
     for r in rows:
         c = _cells(r)
         rss = c["rss"]
-        if r["item"] == "fwd512":
-            rss += f" (official {OFFICIAL_RSS512} GiB, {OFFICIAL_RSS512 / r['maxrss_gib']:.2f}x less)"
+        if r["item"] in OFFICIAL_RSS:
+            off = OFFICIAL_RSS[r["item"]]
+            rss += f" (official {off} GiB: {r['maxrss_gib'] / off:.2f}x)"
         print(f"| {c['title']} | {c['official']} | {c['ratio']} | {c['rates']} | {rss} |")
     for r in rows:
         names = [k[1:-3] for k in r if k.startswith("[") and k.endswith("] s")]
@@ -680,8 +683,8 @@ def main_official(args):
     for r in rows:
         c = _cells(r)
         rss = c["rss"]
-        if r["item"] == "fwd512":
-            rss += f" (performance.md: official {OFFICIAL_RSS512} GiB)"
+        if r["item"] in OFFICIAL_RSS:
+            rss += f" (earlier run: official {OFFICIAL_RSS[r['item']]} GiB)"
         p = pairs.get(r["item"], {})
         today = (f"{p['official_s']:.3f} s | {p['ours_s']:.3f} s | {p['ratio']:.2f}x" if p
                  else "- | - | -")

@@ -207,3 +207,7 @@ def test_allocator_tuning_follows_the_platform_without_initialising_a_backend(mo
     assert conv_ops.default_platform_is_cpu() is cpu
     if not cpu:
         assert conv_ops.tune_cpu_allocator() is False
+    else:    # thresholds set, and the compiler's freed heap trimmed after each compilation
+        from daclip_jax.data import pipeline
+
+        assert conv_ops.tune_cpu_allocator() is True and pipeline._TRIM_AFTER_COMPILES

@@ -15,7 +15,8 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
   oneDNN's at the first UNet levels; inside the whole UNet (benchmarks/unet.py --ab) the
   training step 2x128^2 took 2.55-2.72 s against 2.83-4.46 s with XLA's convolutions, the
   forward at 256^2 ~5 % less. Used when oneDNN loads and the computation runs on one device
-  (a callback is not partitioned across devices).
+  (a callback is not partitioned across devices); a shape whose descriptor oneDNN refuses when
+  the convolution is traced (a negative padding) stays XLA's, with one debug log line.
 
 Without oneDNN, 3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd
 F(2x2,3x3) and jnp filter-gradient formulations were all slower than XLA's (benchmarks/conv.py);
@@ -67,13 +68,14 @@ def default_platform_is_cpu() -> bool:
 
 
 def tune_cpu_allocator() -> bool:
-    """glibc malloc thresholds raised (data.pipeline.tune_malloc) when the default platform is
-    CPU; nothing elsewhere. Idempotent. Returns whether they are set."""
+    """glibc malloc thresholds raised (data.pipeline.tune_malloc), and the heap trimmed after
+    each compilation (data.pipeline.trim_heap_after_compiles), when the default platform is
+    CPU; nothing elsewhere. Idempotent. Returns whether the thresholds are set."""
     if _override[0] is False or not default_platform_is_cpu():
         return False
-    from daclip_jax.data.pipeline import tune_malloc
+    from daclip_jax.data.pipeline import trim_heap_after_compiles, tune_malloc
 
-    return tune_malloc()
+    return tune_malloc() and trim_heap_after_compiles()
 
 
 def cpu_kernels(platform: str | None = None) -> bool:
