@@ -311,6 +311,14 @@ class _Call:
     def __init__(self, lib, pd, args):
         """args: (DNNL_ARG_*, plain memory descriptor, query for the chosen one, is_output)."""
         self.lib, self.pds, self.prims, self.mems = lib, [pd], [], []
+        try:
+            self._build(pd, args)
+        except OneDNNError:
+            self.destroy()          # nothing half-built is kept
+            raise
+
+    def _build(self, pd, args):
+        lib = self.lib
         self.prim = self._primitive(pd)
         self.impl = lib.impl_name(pd)
         self.plain, self.exec_args, self.before, self.after = [], [], [], []
@@ -343,13 +351,11 @@ class _Call:
                 self.in_arena.append((scratch[p.value], offset))
                 self.scratchpad = max(self.scratchpad, lib.size(md))
         self.arena_bytes = offset + _aligned(self.scratchpad)
-        self.exec_args += [(_ARG_SCRATCHPAD, scratch[pd.value])] if pd.value in scratch else []
-        self.before = [(prim, [(_ARG_FROM, s), (_ARG_TO, d)]
-                        + ([(_ARG_SCRATCHPAD, scratch[r.value])] if r.value in scratch else []))
-                       for prim, s, d, r in self.before]
-        self.after = [(prim, [(_ARG_FROM, s), (_ARG_TO, d)]
-                       + ([(_ARG_SCRATCHPAD, scratch[r.value])] if r.value in scratch else []))
-                      for prim, s, d, r in self.after]
+        pad = lambda p: [(_ARG_SCRATCHPAD, scratch[p.value])] if p.value in scratch else []
+        self.exec_args += pad(pd)
+        self.before, self.after = ([(prim, [(_ARG_FROM, s), (_ARG_TO, d), *pad(r)])
+                                    for prim, s, d, r in reorders]
+                                   for reorders in (self.before, self.after))
 
     def _primitive(self, pd):
         self.prims.append(self.lib.primitive(pd))
@@ -461,8 +467,7 @@ class Convolution:
                                      (_ARG_DIFF_DST, self.y, _QUERY_DIFF_DST_MD, False),
                                      (_ARG_DIFF_WEIGHTS, self.w, _QUERY_DIFF_WEIGHTS_MD, True)],
             }[which]
-            call = _Call(self.lib, pd, args)     # if it raises, nothing half-built is kept
-            self._calls[which] = call
+            self._calls[which] = _Call(self.lib, pd, args)
         return self._calls[which]
 
     def destroy(self):
