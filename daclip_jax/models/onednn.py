@@ -67,9 +67,8 @@ DIRECTIONS = ("forward", "backward_data", "backward_weights")
 # Every function called below: all are resolved when the library loads.
 _SYMBOLS = (
     "dnnl_version", "dnnl_set_primitive_cache_capacity", "dnnl_engine_create",
-    "dnnl_engine_destroy", "dnnl_stream_create", "dnnl_stream_wait", "dnnl_stream_destroy",
-    "dnnl_primitive_attr_create", "dnnl_primitive_attr_set_scratchpad_mode",
-    "dnnl_primitive_attr_destroy", "dnnl_memory_desc_create_with_tag",
+    "dnnl_stream_create", "dnnl_stream_wait", "dnnl_primitive_attr_create",
+    "dnnl_primitive_attr_set_scratchpad_mode", "dnnl_memory_desc_create_with_tag",
     "dnnl_memory_desc_create_with_strides", "dnnl_memory_desc_equal", "dnnl_memory_desc_get_size",
     "dnnl_memory_desc_destroy", "dnnl_memory_create", "dnnl_memory_set_data_handle",
     "dnnl_memory_destroy", "dnnl_convolution_forward_primitive_desc_create",
