@@ -35,6 +35,7 @@ that process and their ratio, next to performance.md's figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -52,7 +53,9 @@ OFFICIAL = {
     "api256": (1.40, "0.9"), "fwd256": (1.40, "0.9"), "fwd512": (10.8, "7"),
     "train2": (1.56, "1.05"), "train4": (3.19, "2.1"), "sample256": (150.0, "100"),
 }
-OFFICIAL_RSS512 = 3.26   # GiB, official UNet forward at 512^2 (goal <= 1.7)
+# peak RSS (GiB) of the official code: forward 512^2, performance.md (goal <= 1.7); training step
+# 2 x 128^2, `--official` on 2026-12-06 (issue 20; the same run gave ours 4.14)
+OFFICIAL_RSS = {"fwd512": 3.26, "train2": 1.82}
 BEFORE = {"demo256": 0.57, "demo512x608": 7.9}   # issue 14, daclip-jax before (quiet machine)
 ITEMS = ("api256", "fwd256", "fwd512", "train2", "train4", "sample256", "demo256", "demo512x608",
          "demotrain")
@@ -171,7 +174,8 @@ def _case(item, graphdef, params, sde, cfg):
                 eps = nnx.merge(graphdef, p)(xt, lq, t.astype(jnp.float32), txt, img)
                 return sde.loss(eps, xt, gt, lq, t)
 
-            @jax.jit
+            # params, optimizer state and EMA donated, as the trainer (train/core.py) donates its state
+            @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
             def step(p, opt_state, ema, key, i):
                 loss, g = jax.value_and_grad(loss_fn)(p, key)
                 upd, opt_state = tx.update(g, opt_state, p)
@@ -182,7 +186,7 @@ def _case(item, graphdef, params, sde, cfg):
                 return p, opt_state, ema, loss
             return step
 
-        return make, (params, tx.init(params), params, jax.random.key(0), 1)
+        return make, (params, tx.init(params), jax.tree.map(jnp.copy, params), jax.random.key(0), 1)
     size = {"api256": (256, 256), "fwd256": (256, 256), "fwd512": (512, 512),
             "demo256": (256, 256), "demo512x608": (512, 608)}[item]
     x = jnp.asarray(rng.uniform(size=(1, *size, 3)), jnp.float32)
@@ -247,8 +251,10 @@ def run_item(item, repeats, ab=False, malloc_ab=False):
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         res["gflop"] = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
         variants = _variants(ab, malloc_ab)
-        state = {name: list(args) for name in fns}
         is_train = item.startswith("train") or item == "demotrain"
+        # a training step donates its state: every variant after the first gets its own copy
+        state = {name: list(args) if not (i and is_train)
+                 else [*jax.tree.map(jnp.copy, args[:3]), *args[3:]] for i, name in enumerate(fns)}
 
         def call(name):
             if variants[name][1] is not None:
@@ -597,8 +603,9 @@ def main():
     for r in rows:
         c = _cells(r)
         rss = c["rss"]
-        if r["item"] == "fwd512":
-            rss += f" (official {OFFICIAL_RSS512} GiB, {OFFICIAL_RSS512 / r['maxrss_gib']:.2f}x less)"
+        if r["item"] in OFFICIAL_RSS:
+            off = OFFICIAL_RSS[r["item"]]
+            rss += f" (official {off} GiB: {r['maxrss_gib'] / off:.2f}x)"
         print(f"| {c['title']} | {c['official']} | {c['ratio']} | {c['rates']} | {rss} |")
     for r in rows:
         names = [k[1:-3] for k in r if k.startswith("[") and k.endswith("] s")]
@@ -676,8 +683,8 @@ def main_official(args):
     for r in rows:
         c = _cells(r)
         rss = c["rss"]
-        if r["item"] == "fwd512":
-            rss += f" (performance.md: official {OFFICIAL_RSS512} GiB)"
+        if r["item"] in OFFICIAL_RSS:
+            rss += f" (earlier run: official {OFFICIAL_RSS[r['item']]} GiB)"
         p = pairs.get(r["item"], {})
         today = (f"{p['official_s']:.3f} s | {p['ours_s']:.3f} s | {p['ratio']:.2f}x" if p
                  else "- | - | -")

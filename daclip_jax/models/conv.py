@@ -14,8 +14,10 @@ measured a faster formulation (benchmarks/conv.py prints the measurements):
   XLA's filter gradient (a convolution whose window is the whole image) is 2-5x slower than
   oneDNN's at the first UNet levels; inside the whole UNet (benchmarks/unet.py --ab) the
   training step 2x128^2 took 2.55-2.72 s against 2.83-4.46 s with XLA's convolutions, the
-  forward at 256^2 ~5 % less. Used when oneDNN loads and the computation runs on one device
-  (a callback is not partitioned across devices).
+  forward at 256^2 ~5 % less (2026-12-07, a loaded machine, CPU time per step: 7.18 s against
+  8.08 s with the binding's one-thread calls, 7.27 against 8.05 s before them). Used when oneDNN loads and the computation runs on one device
+  (a callback is not partitioned across devices); a shape whose descriptor oneDNN refuses when
+  the convolution is traced (a negative padding) stays XLA's, with one debug log line.
 
 Without oneDNN, 3x3 convolutions stay with XLA: im2col + GEMM, shifted GEMMs, Winograd
 F(2x2,3x3) and jnp filter-gradient formulations were all slower than XLA's (benchmarks/conv.py);
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +50,8 @@ from jax import lax
 from daclip_jax.models import onednn
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
+_NHWC_NAMES = ("NHWC", "HWIO", "NHWC")
+_log = logging.getLogger(__name__)
 _override: list[bool | None] = [None]
 _onednn_override: list[bool | None] = [None]
 
@@ -59,13 +64,14 @@ def default_platform_is_cpu() -> bool:
 
 
 def tune_cpu_allocator() -> bool:
-    """glibc malloc thresholds raised (data.pipeline.tune_malloc) when the default platform is
-    CPU; nothing elsewhere. Idempotent. Returns whether they are set."""
+    """glibc malloc thresholds raised (data.pipeline.tune_malloc), and the heap trimmed after
+    each compilation (data.pipeline.trim_heap_after_compiles), when the default platform is
+    CPU; nothing elsewhere. Idempotent. Returns whether the thresholds are set."""
     if _override[0] is False or not default_platform_is_cpu():
         return False
-    from daclip_jax.data.pipeline import tune_malloc
+    from daclip_jax.data.pipeline import trim_heap_after_compiles, tune_malloc
 
-    return tune_malloc()
+    return tune_malloc() and trim_heap_after_compiles()
 
 
 def traced_target() -> tuple[str, int]:
@@ -108,7 +114,7 @@ def _is_nhwc(dimension_numbers) -> bool:
     if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
         return (tuple(dimension_numbers.lhs_spec), tuple(dimension_numbers.rhs_spec),
                 tuple(dimension_numbers.out_spec)) == _NHWC
-    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+    return tuple(dimension_numbers) == _NHWC_NAMES
 
 
 def _trivial(seq) -> bool:
@@ -140,7 +146,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             if isinstance(padding, str):
                 padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
             pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-            return onednn_conv(lhs, rhs, strides, pads)
+            why = onednn.check(lhs.shape, rhs.shape, strides, pads)   # at trace time
+            if why is None:
+                return onednn_conv(lhs, rhs, strides, pads)
+            _log.debug("XLA's convolution for %s * %s, strides %s, padding %s: %s",
+                       lhs.shape, rhs.shape, strides, pads, why)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision=precision, preferred_element_type=preferred_element_type,
@@ -167,13 +177,14 @@ def force_onednn(enabled: bool | None):
         _onednn_override[0] = prev
 
 
-def _callback(method, out_shape, *args):
-    """`method(*numpy views of args, numpy view of the output)` as an XLA op, without copies."""
+def _callback(which, out_shape, *args, key):
+    """oneDNN's `which` direction of the convolution `key` on `args` as an XLA op, writing
+    into XLA's output buffer (no copies)."""
     from jax.experimental.buffer_callback import buffer_callback
 
     def run(ctx, out, *bufs):
         del ctx
-        method(*(np.asarray(b) for b in bufs), np.asarray(out))
+        onednn.run(which, *key, *(np.asarray(b) for b in bufs), np.asarray(out))
 
     return buffer_callback(run, jax.ShapeDtypeStruct(out_shape, jnp.float32),
                            vmap_method="sequential")(*args)
@@ -181,20 +192,27 @@ def _callback(method, out_shape, *args):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv(x, w, strides, padding):
-    """NHWC/HWIO float32 convolution (no dilation, no groups) computed by oneDNN; its gradients too."""
+    """NHWC/HWIO float32 convolution (no dilation, no groups) computed by oneDNN; its gradients
+    too, or XLA's where oneDNN refuses a backward descriptor (checked when the VJP is traced)."""
     return _onednn_forward(x, w, strides, padding)[0]
 
 
 def _onednn_forward(x, w, strides, padding):
-    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
-    return _callback(conv.forward, conv.out_shape, x, w), (x, w)
+    key = (tuple(x.shape), tuple(w.shape), strides, padding)
+    return _callback("forward", onednn.out_shape(*key), x, w, key=key), (x, w)
 
 
 def _onednn_backward(strides, padding, res, dy):
     x, w = res
-    conv = onednn.convolution(tuple(x.shape), tuple(w.shape), strides, padding)
-    return (_callback(conv.backward_data, x.shape, dy, w),
-            _callback(conv.backward_weights, w.shape, x, dy))
+    key = (tuple(x.shape), tuple(w.shape), strides, padding)
+    why = onednn.check(*key, "backward_data") or onednn.check(*key, "backward_weights")
+    if why is None:
+        return (_callback("backward_data", x.shape, dy, w, key=key),
+                _callback("backward_weights", w.shape, x, dy, key=key))
+    _log.debug("XLA's convolution gradients for %s: %s", key, why)
+    _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, strides, padding,
+                                                           dimension_numbers=_NHWC_NAMES), x, w)
+    return vjp(dy)
 
 
 onednn_conv.defvjp(_onednn_forward, _onednn_backward)
