@@ -23,7 +23,8 @@ run daclip_b32_bf16_v5p-8        --config configs/daclip_vit_b32.py --topology v
 run wild_ir_bf16_v5e-8           --config configs/wild_ir.py --topology v5e-8 $BF16 --config.model.daclip_dtype=bfloat16
 run wild_ir_bf16_v5p-8           --config configs/wild_ir.py --topology v5p-8 $BF16 --config.model.daclip_dtype=bfloat16
 run daclip_b32_bf16_v5e-64       --config configs/daclip_vit_b32.py --topology v5e-64 $BF16
-# the DA-CLIP recipe with its parameters and moments sharded (fsdp) instead of replicated, and
-# over two v5e-8 slices (multi-slice: the slices split the data axis)
+# the DA-CLIP recipe with its parameters and moments sharded (fsdp) instead of replicated,
+# over two v5e-8 slices (multi-slice: the slices split the data axis), and with remat
 run daclip_b32_bf16_fsdp8_v5e-8  --config configs/daclip_vit_b32.py --topology v5e-8 $BF16 --config.mesh.data=1 --config.mesh.fsdp=8
 run daclip_b32_bf16_v5e-8x2      --config configs/daclip_vit_b32.py --topology v5e-8 --num-slices 2 $BF16
+run daclip_b32_bf16_remat_v5e-8    --config configs/daclip_vit_b32.py --topology v5e-8 $BF16 --config.model.remat=True
