@@ -183,6 +183,12 @@ def test_compile_without_libtpu_names_the_extra(monkeypatch):
         aot.topology_devices(aot.parse_topology("v5e-8"))
 
 
+def test_gpu_compile_without_the_cuda_plugin_names_the_extra(monkeypatch):
+    monkeypatch.setattr(aot, "cuda_plugin_installed", lambda: False)
+    with pytest.raises(aot.CudaPluginMissing, match=r"daclip-jax\[gpu-aot\]"):
+        aot.topology_devices(aot.parse_topology("h100-8"))
+
+
 def test_report_arithmetic():
     chip = aot.CHIPS["TPU v5 lite"]
     r = aot.CompileReport(
@@ -203,8 +209,7 @@ def test_report_arithmetic():
 def test_gpu_hosts_compile_where_the_cuda_plugin_is_installed(tmp_path):
     """XLA:GPU compiles for a target description (assets/gpu_targets/) without a GPU. The CUDA
     plugin is not in the test extra (pyproject.toml says why): skipped where it is absent."""
-    from importlib.util import find_spec
-    if find_spec("jax_plugins.xla_cuda12") is None:
+    if not aot.cuda_plugin_installed():
         pytest.skip("jax's CUDA plugin (the gpu-aot extra) is not installed")
     out = tmp_path / "gpu.json"
     r = _compile_cli(tmp_path, "--config", os.path.join(CONFIGS, "daclip_vit_b32.py:runlocal"),

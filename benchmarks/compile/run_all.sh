@@ -28,3 +28,7 @@ run daclip_b32_bf16_v5e-64       --config configs/daclip_vit_b32.py --topology v
 run daclip_b32_bf16_fsdp8_v5e-8  --config configs/daclip_vit_b32.py --topology v5e-8 $BF16 --config.mesh.data=1 --config.mesh.fsdp=8
 run daclip_b32_bf16_v5e-8x2      --config configs/daclip_vit_b32.py --topology v5e-8 --num-slices 2 $BF16
 run daclip_b32_bf16_remat_v5e-8    --config configs/daclip_vit_b32.py --topology v5e-8 $BF16 --config.model.remat=True
+# a GPU host (needs the gpu-aot extra: jax's CUDA plugin)
+if python -c "import jax_plugins.xla_cuda12" 2>/dev/null; then
+  run universal_ir_bf16_h100-8   --config $IR --topology h100-8 $BF16 --config.model.daclip_dtype=bfloat16
+fi
