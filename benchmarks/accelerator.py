@@ -111,8 +111,7 @@ def run(name: str, *, steps: int, batch: int | None, dtype: str) -> dict:
         finally:
             trainer.close()
     peak, peak_kind = peak_memory()
-    chip = predicted.chip
-    peak_flops = None if chip is None else (chip.peak_bf16 if dtype == "bfloat16" else chip.peak_fp32)
+    peak_flops = predicted.peak_flops
     return dict(recipe=name, devices=len(devices), device_kind=devices[0].device_kind,
                 global_batch=predicted.global_batch, dtype=dtype, step_s=step_s,
                 first_step_s=first, roofline_s=predicted.roofline_s(),

@@ -60,9 +60,10 @@ def prefer_cpu_without_chips() -> bool:
     # cheapest first: `import daclip_jax` must not import jax when no runtime is installed
     if os.environ.get("JAX_PLATFORMS") or tpu_chips_present():
         return False
-    if not libtpu_installed() and not accelerator_plugins():
+    plugins = accelerator_plugins()
+    if not libtpu_installed() and not plugins:
         return False
-    if (accelerator_plugins() and gpus_present()) or _platforms_setting():
+    if (plugins and gpus_present()) or _platforms_setting():
         return False
     import jax
     from jax._src import xla_bridge

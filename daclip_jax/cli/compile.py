@@ -40,6 +40,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import jax
+
     from daclip_jax.cli.train import _config, _user_errors
     from daclip_jax.train import aot, preflight
 
@@ -53,16 +55,14 @@ def run(args) -> int:
         if args.debug:
             raise
         return error(e)
-    except Exception as e:   # libtpu / the CUDA plugin refused the topology
-        if args.debug or "JaxRuntimeError" not in type(e).__name__:
+    except jax.errors.JaxRuntimeError as e:   # libtpu / the CUDA plugin refused the topology
+        if args.debug:
             raise
         return error(f"--topology {args.topology}: {' '.join(str(e).split())[:300]}")
-    label = f"{args.config} on {args.topology}" + (
-        f" x{args.num_slices}" if args.num_slices > 1 else "")
+    target = args.topology + (f"x{args.num_slices}" if args.num_slices > 1 else "")
+    label = f"{args.config} on {target}"
     try:
-        report = aot.compile_train_step(config, devices, config_name=args.config,
-                                        topology=args.topology + (
-                                            f"x{args.num_slices}" if args.num_slices > 1 else ""))
+        report = aot.compile_train_step(config, devices, config_name=args.config, topology=target)
     except aot.DoesNotFit as e:
         print(f"error: {label} does not fit: {e}", file=sys.stderr)
         if args.json:

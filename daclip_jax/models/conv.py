@@ -48,19 +48,14 @@ import numpy as np
 from jax import lax
 
 from daclip_jax.models import onednn
+# decided without initialising a backend (platforms.py); tune_cpu_allocator and tests use it
+from daclip_jax.platforms import default_platform_is_cpu
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))   # lhs/rhs/out specs of NHWC, HWIO, NHWC
 _NHWC_NAMES = ("NHWC", "HWIO", "NHWC")
 _log = logging.getLogger(__name__)
 _override: list[bool | None] = [None]
 _onednn_override: list[bool | None] = [None]
-
-
-def default_platform_is_cpu() -> bool:
-    """JAX's default platform is CPU, decided WITHOUT initialising a backend (that must wait for
-    `jax.distributed.initialize` in multi-process runs): see daclip_jax/platforms.py."""
-    from daclip_jax.platforms import default_platform_is_cpu as is_cpu
-    return is_cpu()
 
 
 def tune_cpu_allocator() -> bool:
